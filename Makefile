@@ -1,0 +1,31 @@
+# Two entry points a new user needs: `make run` (the main job) and `make test`.
+# Both create the virtual environment first; pip takes torch from the local disk
+# where one is configured (see README).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv run test lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: venv
+	$(BIN)/vaesearch data prepare
+	$(BIN)/vaesearch train --decoder 1 --hidden 128 --latent 2 --epochs 2
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

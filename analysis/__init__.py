@@ -1,0 +1,1 @@
+"""Reading runs back from MLflow: reports, promotion of the best checkpoint, sampling."""

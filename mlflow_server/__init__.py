@@ -1,0 +1,1 @@
+"""Starting, checking and stopping an MLflow tracking server."""

@@ -1,0 +1,95 @@
+"""The seed's VAE: an LSTM encoder over an image's 28 rows and six transposed-conv decoders.
+
+Decoder shapes follow DESIGN.md's table, which fixes the seed's shape errors.
+The decoder returns logits; a sigmoid is applied only when an image is drawn.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# id -> (linear width, reshape to (C, H, W), transposed convs (in, out, kernel, stride, padding))
+DECODERS: dict[int, tuple[int, tuple[int, int, int], list[tuple[int, int, int, int, int]]]] = {
+    1: (6272, (128, 7, 7), [(128, 64, 4, 2, 1), (64, 1, 4, 2, 1)]),
+    2: (3136, (64, 7, 7), [(64, 32, 4, 2, 1), (32, 16, 4, 2, 1), (16, 1, 3, 1, 1)]),
+    3: (64, (64, 1, 1), [(64, 56, 4, 1, 0), (56, 28, 4, 2, 1), (28, 14, 3, 2, 1), (14, 1, 2, 2, 1)]),
+    4: (6272, (6272, 1, 1), [(6272, 56, 4, 1, 0), (56, 28, 4, 2, 1), (28, 14, 3, 2, 1), (14, 1, 2, 2, 1)]),
+    5: (6272, (128, 7, 7), [(128, 56, 3, 1, 1), (56, 28, 3, 2, 1), (28, 14, 4, 2, 1), (14, 1, 3, 1, 0)]),
+    6: (3136, (64, 7, 7), [(64, 56, 4, 2, 1), (56, 28, 4, 1, 1), (28, 14, 4, 2, 2), (14, 1, 3, 1, 1)]),
+}
+
+
+def decoder(decoder_id: int, latent: int) -> nn.Sequential:
+    """Build decoder `decoder_id`: z (B, Z) -> logits (B, 1, 28, 28); ReLU after all but the last layer."""
+    width, shape, convs = DECODERS[decoder_id]
+    layers: list[nn.Module] = [nn.Linear(latent, width), nn.ReLU(), nn.Unflatten(1, shape)]
+    for i, (c_in, c_out, k, s, p) in enumerate(convs):
+        layers.append(nn.ConvTranspose2d(c_in, c_out, k, s, p))
+        if i < len(convs) - 1:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """One LSTM layer reads the image row by row; its last hidden state gives mu and logvar."""
+
+    def __init__(self, hidden: int, latent: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size=28, hidden_size=hidden, batch_first=True)
+        self.fc_mu = nn.Linear(hidden, latent)
+        self.fc_logvar = nn.Linear(hidden, latent)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = x.reshape(x.shape[0], 28, 28)  # (B, T=28 rows, 28 pixels)
+        _, (h, _) = self.lstm(rows)  # h: (1, B, H)
+        h = h[-1]
+        return self.fc_mu(h), self.fc_logvar(h)
+
+
+class VAE(nn.Module):
+    """encode, reparameterize, decode, as in Kingma and Welling (2014)."""
+
+    def __init__(self, decoder_id: int, hidden: int, latent: int) -> None:
+        super().__init__()
+        if decoder_id not in DECODERS:
+            raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {decoder_id}")
+        self.latent = latent
+        self.encoder = Encoder(hidden, latent)
+        self.decoder = decoder(decoder_id, latent)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x)
+
+    @staticmethod
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, 28, 28)."""
+        return self.decoder(z)
+
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, generator)
+        return self.decode(z), mu, logvar
+
+
+class Generator(nn.Module):
+    """The decoder alone with a sigmoid: latent vectors (B, Z) -> images (B, 1, 28, 28) in [0, 1].
+
+    What a registered model exposes: its forward is all a pt2 export keeps.
+    """
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.decoder = vae.decoder
+        self.latent = vae.latent
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))

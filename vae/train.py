@@ -1,0 +1,198 @@
+"""The training loop: epochs over data held on the device, early stopping, checkpoints.
+
+A `Trainer` advances one epoch per `step()` and can be saved and restored at
+any epoch boundary, so the same loop serves `vaesearch train` and a Ray Tune
+trial that resumes after a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vae import checkpoint
+from vae.config import TrainConfig
+from vae.data import Split
+from vae.loss import neg_elbo
+from vae.model import VAE
+
+EVAL_BATCH = 1000  # evaluation needs no gradients; larger batches are faster
+
+# The per-epoch metrics, by the names used everywhere: metrics.csv, Tune, MLflow.
+METRICS = ("train_loss", "train_kl", "val_loss", "val_recon", "val_kl", "best_val_loss", "epoch_seconds")
+CSV_COLUMNS = ("epoch", "train_loss", "train_kl", "val_loss", "val_recon", "val_kl", "epoch_seconds")
+
+
+def set_seed(seed: int) -> None:
+    """One helper seeds python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` takes CUDA when present; `cuda` without a GPU is refused by the caller."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], pixels / 255 as DESIGN.md says."""
+    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+@torch.no_grad()
+def evaluate(model: VAE, split: Split, seed: int = 0) -> dict[str, float]:
+    """Negative ELBO, reconstruction and KL in nats per image over a split.
+
+    The noise comes from a generator seeded afresh, so the same weights always
+    give the same value and epochs compare fairly.
+    """
+    was_training = model.training
+    model.eval()
+    device = split.images.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for start in range(0, len(split), EVAL_BATCH):
+        x = to_float(split.images[start : start + EVAL_BATCH])
+        logits, mu, logvar = model(x, gen)
+        totals += torch.stack(neg_elbo(logits, x, mu, logvar)).double()
+    model.train(was_training)
+    loss, recon, kl = (totals / len(split)).tolist()
+    return {"loss": loss, "recon": recon, "kl": kl}
+
+
+@dataclass
+class EpochResult:
+    """One epoch's metrics; `stop` names why training ends here, if it does."""
+
+    epoch: int
+    metrics: dict[str, float]
+    improved: bool
+    stop: str | None = None  # completed, early_stopped or failed
+    reason: str = ""
+
+
+class Trainer:
+    """A VAE, its optimizer and its data, advanced an epoch at a time."""
+
+    def __init__(self, config: TrainConfig, splits: dict[str, Split], device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        set_seed(config.seed)
+        self.model = VAE(config.decoder, config.hidden, config.latent).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.train_data = _on(splits["train"].head(config.subset), self.device)
+        self.val_data = _on(splits["val"].head(config.val_subset), self.device)
+        # Shuffling and the reparameterisation noise have generators of their own,
+        # saved with the checkpoint, so a resumed run draws what an unbroken one would.
+        self.shuffle = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.epoch = 0
+        self.best_val_loss = math.inf
+        self.best_epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def epochs_since_best(self) -> int:
+        return self.epoch - self.best_epoch
+
+    def train_epoch(self) -> tuple[float, float, float]:
+        """One pass over the training images: (loss, kl) per image and the seconds it took."""
+        self.model.train()
+        data, bs = self.train_data, self.config.batch_size
+        n = len(data)
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=self.shuffle, device=self.device)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for i in range(0, n, bs):
+            x = to_float(data.images[perm[i : i + bs]])
+            logits, mu, logvar = self.model(x, self.noise)
+            loss, _, kl = neg_elbo(logits, x, mu, logvar)
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss / x.shape[0]).backward()
+            self.optimizer.step()
+            total += torch.stack((loss.detach(), kl.detach())).double()
+        loss, kl = (total / n).tolist()  # one device sync per epoch, not per batch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return loss, kl, time.perf_counter() - start
+
+    def step(self) -> EpochResult:
+        """Train one epoch, validate, keep the best; say whether training should end."""
+        train_loss, train_kl, seconds = self.train_epoch()
+        val = evaluate(self.model, self.val_data, seed=self.config.seed)
+        self.epoch += 1
+        improved = val["loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = val["loss"], self.epoch
+        metrics = {
+            "train_loss": train_loss,
+            "train_kl": train_kl,
+            "val_loss": val["loss"],
+            "val_recon": val["recon"],
+            "val_kl": val["kl"],
+            "best_val_loss": self.best_val_loss,
+            "epoch_seconds": seconds,
+        }
+        self.history.append({"epoch": self.epoch, **metrics})
+        result = EpochResult(self.epoch, metrics, improved)
+        if not all(math.isfinite(v) for v in (train_loss, val["loss"])):
+            result.stop, result.reason = "failed", f"loss diverged to {train_loss} (train) / {val['loss']} (val)"
+        elif self.epochs_since_best >= self.config.patience:
+            result.stop = "early_stopped"
+            result.reason = f"no lower validation loss for {self.config.patience} epochs"
+        elif self.epoch >= self.config.epochs:
+            result.stop, result.reason = "completed", f"reached {self.config.epochs} epochs"
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, generators, history."""
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": {"shuffle": self.shuffle.get_state(), "noise": self.noise.get_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.best_val_loss = state["best_val_loss"]
+        self.best_epoch = state["best_epoch"]
+        self.history = list(state["history"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        self.noise.set_state(state["rng"]["noise"])
+
+    def save(self, path: str | Path) -> None:
+        checkpoint.save(self.state_dict(), path)
+
+    def restore(self, path: str | Path) -> None:
+        self.load_state_dict(checkpoint.load(path, map_location=self.device))
+
+
+def _on(split: Split, device: torch.device) -> Split:
+    return Split(split.images.to(device), split.labels.to(device))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, TrainConfig, dict[str, Any]]:
+    """A checkpoint's model in eval mode, its config, and the whole state."""
+    state = checkpoint.load(path, map_location=device)
+    config = TrainConfig.from_dict(state["config"])
+    model = VAE(config.decoder, config.hidden, config.latent).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config, state
