@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     g.add_argument("--patience", type=positive, default=20, help="early-stopping patience (default 20)")
     g.add_argument("--seed", type=_int_at_least(0), default=0, help="default 0")
+    g.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocasts the training pass (default fp32)"
+    )
     g.add_argument("--subset", type=positive, default=None, help="train on the first N images only")
     g.add_argument("--val-subset", type=positive, default=None, help="validate on the first N images only")
     g = train.add_argument_group("where")
@@ -142,6 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         patience=args.patience,
         seed=args.seed,
+        precision=args.precision,
         subset=args.subset,
         val_subset=args.val_subset,
     )

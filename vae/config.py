@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 from vae.model import DECODERS
 
+PRECISIONS = ("fp32", "bf16")
+
 
 class ConfigError(ValueError):
     """A value a user gave is not allowed; the message names the field and what is."""
@@ -35,6 +37,8 @@ class TrainConfig:
     patience: int = 20
     """Stop after this many epochs without a lower validation loss."""
     seed: int = 0
+    precision: str = "fp32"
+    """fp32, or bf16: autocast for the training pass (validation stays fp32, so losses compare)."""
     subset: int | None = None
     """Train on the first N of the 50,000 training images; None for all."""
     val_subset: int | None = None
@@ -50,6 +54,8 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < 10:
             raise ConfigError("lr", "must be a number in (0, 10)", self.lr)
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", "must be an integer >= 0", self.seed)
 

@@ -113,10 +113,12 @@ class Trainer:
         start = time.perf_counter()
         perm = torch.randperm(n, generator=self.shuffle, device=self.device)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        bf16 = self.config.precision == "bf16"
         for i in range(0, n, bs):
             x = to_float(data.images[perm[i : i + bs]])
-            logits, mu, logvar = self.model(x, self.noise)
-            loss, _, kl = neg_elbo(logits, x, mu, logvar)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits, mu, logvar = self.model(x, self.noise)
+            loss, _, kl = neg_elbo(logits.float(), x, mu.float(), logvar.float())
             self.optimizer.zero_grad(set_to_none=True)
             (loss / x.shape[0]).backward()
             self.optimizer.step()

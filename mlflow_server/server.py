@@ -1,0 +1,178 @@
+"""Start, check and stop an MLflow tracking server that serves its own artifacts.
+
+The server runs in a process group of its own, recorded in a pid file in its
+data folder, so `stop` ends it and all its workers, and a search reuses only a
+server this module started.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PID_FILE = "server.json"
+LOG_FILE = "server.log"
+
+
+class ServerError(Exception):
+    """The server cannot be started or reached as asked; the message says what to change."""
+
+
+@dataclass
+class ServerInfo:
+    pid: int
+    url: str
+    host: str
+    port: int
+    backend_store_uri: str
+    artifacts_destination: str
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def health(url: str, timeout: float = 2.0) -> bool:
+    """True when the server answers /health with 200."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_info(data_dir: Path) -> ServerInfo | None:
+    """The server this folder's pid file names, if that process still runs."""
+    path = Path(data_dir) / PID_FILE
+    try:
+        info = ServerInfo(**json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    return info if _alive(info.pid) else None
+
+
+def start(
+    data_dir: Path,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    insecure: bool = False,
+    workers: int = 2,
+    timeout: float = 120.0,
+    port_flag: str = "--port",
+) -> ServerInfo:
+    """Start a server (or return the one already running from this folder) once /health answers."""
+    data_dir = Path(data_dir).resolve()
+    running = read_info(data_dir)
+    if running and health(running.url):
+        return running
+    if not is_loopback(host) and not insecure:
+        raise ServerError(
+            f"--host: {host} is not a loopback address; binding it needs --insecure (no auth: anyone who "
+            "reaches the port can read and change every run)"
+        )
+    if port_in_use(host, port):
+        raise ServerError(f"{port_flag}: port {port} on {host} is taken by another process; choose another port")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    backend = backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
+    artifacts = artifacts_destination or str(data_dir / "artifacts")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{port}"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend,
+        "--artifacts-destination", artifacts,
+        "--serve-artifacts",
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    if not is_loopback(host):
+        print(f"warning: MLflow on {host}:{port} without authentication (--insecure)", file=sys.stderr)
+    log = open(data_dir / LOG_FILE, "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    info = ServerInfo(proc.pid, url, host, port, backend, artifacts)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"the MLflow server exited with status {proc.returncode}: {_last_line(data_dir)}")
+        if health(url):
+            tmp = data_dir / f".{PID_FILE}.tmp"
+            tmp.write_text(json.dumps(asdict(info)))
+            os.replace(tmp, data_dir / PID_FILE)
+            return info
+        time.sleep(0.5)
+    _kill_group(proc.pid)
+    raise ServerError(f"the MLflow server did not answer /health within {timeout:.0f} s: {_last_line(data_dir)}")
+
+
+def _last_line(data_dir: Path) -> str:
+    try:
+        lines = (data_dir / LOG_FILE).read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "no log"
+    return lines[-1] if lines else "empty log"
+
+
+def _kill_group(pid: int, grace: float = 10.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        try:  # reap it if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop(data_dir: Path) -> ServerInfo | None:
+    """End the server started from this folder and all its workers; None when there was none."""
+    info = read_info(data_dir)
+    (Path(data_dir) / PID_FILE).unlink(missing_ok=True)
+    if info is None:
+        return None
+    _kill_group(info.pid)
+    return info

@@ -1,0 +1,221 @@
+"""The search config: one YAML file, validated before anything starts.
+
+Unknown keys are refused and every error names its field (`budget.max_epochs`)
+and what is allowed, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vae.config import ConfigError
+from vae.model import DECODERS
+
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Strict):
+    """A continuous range, sampled uniformly (or log-uniformly)."""
+
+    low: Annotated[float, Field(gt=0)]
+    high: Annotated[float, Field(gt=0)]
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.high <= self.low:
+            raise ValueError("high must be greater than low")
+        return self
+
+
+class IntRange(_Strict):
+    """An integer range; `log` samples batch sizes evenly in powers."""
+
+    low: PositiveInt
+    high: PositiveInt
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.high <= self.low:
+            raise ValueError("high must be greater than low")
+        return self
+
+
+class Space(_Strict):
+    """What Optuna samples: categorical choices, and optional ranges for lr and batch size."""
+
+    hidden: Annotated[list[PositiveInt], Field(min_length=1)]
+    decoder: Annotated[list[int], Field(min_length=1)]
+    latent: Annotated[list[PositiveInt], Field(min_length=1)]
+    lr: FloatRange | None = None
+    batch_size: IntRange | None = None
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoders(cls, ids: list[int]) -> list[int]:
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) or i not in DECODERS:
+                raise ValueError(f"decoder ids must be in {min(DECODERS)}..{max(DECODERS)}, got {i!r}")
+        return ids
+
+    @field_validator("hidden", "latent", "decoder")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"choices must be distinct, got {values}")
+        return values
+
+
+class Train(_Strict):
+    """Training defaults for every trial (the seed's values)."""
+
+    lr: Annotated[float, Field(gt=0, lt=10)] = 1e-3
+    batch_size: PositiveInt = 64
+    patience: PositiveInt = 20
+    precision: str = "fp32"
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        if value not in ("fp32", "bf16"):
+            raise ValueError("must be fp32 or bf16")
+        return value
+
+
+class Budget(_Strict):
+    num_samples: PositiveInt
+    max_epochs: PositiveInt
+    max_concurrent: PositiveInt = 4
+    time_limit_s: Annotated[float, Field(gt=0)] | None = None
+
+
+class Asha(_Strict):
+    """ASHA over epochs; Ray's default reduction factor is 4."""
+
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(ge=2)] = 4
+
+
+class Sampler(_Strict):
+    """Optuna's TPE: seeded, with this many random start-up trials."""
+
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    n_startup_trials: Annotated[int, Field(strict=True, ge=0)] = 10
+
+
+class Resources(_Strict):
+    """Per trial; a fractional gpus lets several small trials share one GPU."""
+
+    cpus: Annotated[float, Field(gt=0)] = 1
+    gpus: Annotated[float, Field(ge=0)] = 0
+
+
+class Data(_Strict):
+    subset: PositiveInt | None = None
+    val_subset: PositiveInt | None = None
+    data_dir: str | None = None
+
+
+class Tracking(_Strict):
+    """Where MLflow is; without a URI the embedded local server is used."""
+
+    tracking_uri: str | None = None
+    samples_every: PositiveInt = 5
+    """Log sample grids every this many epochs, and at the end."""
+
+
+class SearchConfig(_Strict):
+    """A whole search; flags on the command line override these values."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    space: Space
+    budget: Budget
+    train: Train = Train()
+    asha: Asha = Asha()
+    sampler: Sampler = Sampler()
+    resources: Resources = Resources()
+    data: Data = Data()
+    tracking: Tracking = Tracking()
+    storage_path: str | None = None
+    """Ray's trial state; every node must reach it (NFS or object storage on a cluster)."""
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self) -> SearchConfig:
+        if self.asha.grace_period > self.budget.max_epochs:
+            raise _FieldError(
+                "asha.grace_period",
+                f"must be at most budget.max_epochs ({self.budget.max_epochs}), got {self.asha.grace_period}",
+            )
+        return self
+
+    def override(self, **values: Any) -> SearchConfig:
+        """A copy with dotted keys replaced (`tracking.tracking_uri`), validated again."""
+        data = self.model_dump()
+        for dotted, value in values.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return _validate(data)
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(message)
+
+
+def _validate(data: Any) -> SearchConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("config", "must be a YAML mapping with keys name, space, budget, ...")
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        ctx = err.get("ctx", {}).get("error")
+        if isinstance(ctx, _FieldError):
+            raise ConfigError(ctx.field, ctx.message) from None
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ConfigError(field, message, err.get("input") if err["type"] != "missing" else None) from None
+
+
+def load(path: str | Path) -> SearchConfig:
+    """Read and validate a YAML config; every problem is a ConfigError naming its field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("--config", f"no such file: {path}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError("--config", f"cannot read {path}: {type(e).__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("--config", f"{path} is not valid YAML{where}") from None
+    if data is None:
+        raise ConfigError("--config", f"{path} is empty")
+    return _validate(data)
+
+
+def vaesearch_home() -> Path:
+    """Where the embedded server and default Ray storage live: $VAESEARCH_HOME, else ~/vaesearch."""
+    return Path(os.environ.get("VAESEARCH_HOME") or Path.home() / "vaesearch").expanduser().resolve()
