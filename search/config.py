@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vae.config import ConfigError
 from vae.model import DECODERS
 
+
+class SearchError(Exception):
+    """Bad input found before any trial starts: printed as one line, exit 2."""
+
+
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 
 
@@ -79,7 +84,7 @@ class Space(_Strict):
 class Train(_Strict):
     """Training defaults for every trial (the seed's values)."""
 
-    lr: Annotated[float, Field(gt=0, lt=10)] = 1e-3
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
     batch_size: PositiveInt = 64
     patience: PositiveInt = 20
     precision: str = "fp32"

@@ -50,3 +50,42 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory):
+    """One real MLflow server over HTTP for the whole test session, stopped at its end."""
+    from mlflow_server import server
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    info = server.start(folder, port=free_port())
+    yield info.url
+    server.stop(folder)
+
+
+def write_config(path: Path, **sections: dict) -> Path:
+    """A tiny search config: two epochs on a few hundred images, overridable per section."""
+    import yaml
+
+    config = {
+        "name": "tiny",
+        "space": {"hidden": [8, 16], "decoder": [1], "latent": [2]},
+        "train": {"precision": "bf16"},
+        "budget": {"num_samples": 6, "max_epochs": 2, "max_concurrent": 2},
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "sampler": {"seed": 0, "n_startup_trials": 2},
+        "data": {"subset": 256, "val_subset": 128},
+        "tracking": {"samples_every": 1},
+    }
+    for key, value in sections.items():
+        config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 from vae.model import DECODERS
@@ -52,8 +53,8 @@ class TrainConfig:
         for name in ("subset", "val_subset"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < 10:
-            raise ConfigError("lr", "must be a number in (0, 10)", self.lr)
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < math.inf:
+            raise ConfigError("lr", "must be a finite number > 0", self.lr)
         if self.precision not in PRECISIONS:
             raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:

@@ -1,0 +1,181 @@
+"""The one place the search talks to MLflow: experiments, parent and child runs, metrics, tags, artifacts.
+
+Writes go through `Sender`, a background thread that retries with back-off,
+so a slow or briefly absent server never stalls training. Metric steps are
+sent only where MLflow lacks them, so retries and resumes never log an epoch twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+# Fail fast inside a request; Sender does the patient retrying. Set before mlflow reads them.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from vae.train import METRICS  # noqa: E402
+
+TRIAL_ID = "ray_trial_id"
+SEARCH_TAG = "vaesearch.search"
+PARENT_TAG = "mlflow.parentRunId"
+CONFIG_KEY = "config_key"
+END_STATE, END_REASON = "end_state", "end_reason"
+FINISHED_STATES = ("completed", "early_stopped", "failed")  # what a duplicate may replay
+
+
+class Sender:
+    """A queue of MLflow writes done in order by one thread, each retried until it lands or time runs out."""
+
+    def __init__(self, name: str, give_up_after: float = 600.0) -> None:
+        self._queue: queue.Queue[tuple[str, Callable[[], None]]] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.give_up_after = give_up_after
+        self.lost: list[str] = []
+        self._thread = threading.Thread(target=self._loop, name=f"mlflow-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, what: str, write: Callable[[], None]) -> None:
+        self._idle.clear()
+        self._queue.put((what, write))
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued write landed (or was given up); False on timeout."""
+        return self._idle.wait(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            what, write = self._queue.get()
+            deadline, delay = time.monotonic() + self.give_up_after, 0.5
+            while True:
+                try:
+                    write()
+                    break
+                except Exception as e:  # the server is slow or gone: back off and retry
+                    if time.monotonic() > deadline:
+                        self.lost.append(f"{what}: {type(e).__name__}")
+                        break
+                    time.sleep(delay)
+                    delay = min(delay * 2, 15.0)
+            if self._queue.empty():
+                self._idle.set()
+
+
+def config_key(values: dict[str, Any]) -> str:
+    """A canonical text of a trial's sampled values: equal texts mean the same training."""
+    return json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
+
+
+class Tracker:
+    """MLflow as the search uses it; every method names runs by id."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+
+    # -- experiments and the parent run (driver) --
+
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        return self.client.create_experiment(name) if create else None
+
+    def start_parent(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(experiment_id, run_name=name, tags={SEARCH_TAG: name, **tags})
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        return run.info.run_id
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def children(self, experiment_id: str, parent_id: str, deleted: bool = False) -> list:
+        view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", run_view_type=view, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def delete_run(self, run_id: str, reason: str) -> None:
+        self.set_tags(run_id, {"deleted_reason": reason})
+        self.client.delete_run(run_id)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    # -- child runs (trials) --
+
+    def child_run(self, experiment_id: str, parent_id: str, trial_id: str, trial_name: str, params: dict) -> str:
+        """This trial's run: found by its Ray trial id (a retry or resume continues it), else created."""
+        found = self.client.search_runs(
+            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{TRIAL_ID} = '{trial_id}'"
+        )
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(
+            experiment_id,
+            run_name=trial_name,
+            tags={PARENT_TAG: parent_id, TRIAL_ID: trial_id, CONFIG_KEY: config_key(params)},
+        )
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def finished_twin(self, experiment_id: str, parent_id: str, key: str, exclude: str) -> Any | None:
+        """A run of this search with the same sampled values that already ended, if any."""
+        runs = self.client.search_runs(
+            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{CONFIG_KEY} = '{key}'"
+        )
+        for run in runs:
+            if run.info.run_id != exclude and run.data.tags.get(END_STATE) in FINISHED_STATES:
+                if "duplicate_of" not in run.data.tags:
+                    return run
+        return None
+
+    def history(self, run_id: str, keys: Iterable[str] = METRICS) -> list[dict[str, float]]:
+        """Per-epoch metrics of a run, as rows {epoch, key: value}, ordered by epoch."""
+        rows: dict[int, dict[str, float]] = {}
+        for key in keys:
+            for m in self.client.get_metric_history(run_id, key):
+                rows.setdefault(m.step, {"epoch": m.step})[key] = m.value
+        return [rows[e] for e in sorted(rows)]
+
+    def logged_steps(self, run_id: str, key: str = "val_loss") -> set[int]:
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
+
+    def log_epochs(self, run_id: str, rows: list[dict[str, float]], skip: set[int] | None = None) -> list[int]:
+        """Log each row's metrics at step = its epoch, leaving out steps MLflow has already."""
+        skip = self.logged_steps(run_id) if skip is None else skip
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(row[key]), now, int(row["epoch"]))
+            for row in rows
+            if int(row["epoch"]) not in skip
+            for key in METRICS
+            if key in row
+        ]
+        for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics a batch
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
+        return sorted({int(r["epoch"]) for r in rows} - skip)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)

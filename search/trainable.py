@@ -1,0 +1,151 @@
+"""The Ray Tune trial: a plain function of its sampled config that reports once per epoch.
+
+Each report carries the epoch's metrics and a checkpoint (the trainer's last
+state and the best weights), so a crashed trial resumes from its last epoch.
+Metrics reach MLflow through the driver (`search.callbacks`); the trial itself
+only finds its child run and uploads artifacts (sample grids, best weights).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from search.tracking import END_REASON, END_STATE, Sender, Tracker, config_key
+from vae import checkpoint, data
+from vae.config import TrainConfig
+from vae.figures import sample_grids
+from vae.train import Trainer
+
+REPORT_FLUSH_S = 10.0  # wait this long at most for artifacts before each report
+FINAL_FLUSH_S = 300.0
+
+
+def train_config(sampled: dict[str, Any], settings: dict[str, Any]) -> TrainConfig:
+    """The trial's TrainConfig: sampled values over the search's training defaults."""
+    return TrainConfig(
+        decoder=int(sampled["decoder"]),
+        hidden=int(sampled["hidden"]),
+        latent=int(sampled["latent"]),
+        lr=float(sampled.get("lr", settings["lr"])),
+        batch_size=int(sampled.get("batch_size", settings["batch_size"])),
+        epochs=settings["max_epochs"],
+        patience=settings["patience"],
+        seed=settings["seed"],
+        precision=settings["precision"],
+        subset=settings["subset"],
+        val_subset=settings["val_subset"],
+    )
+
+
+def _node_tags() -> dict[str, str]:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"ray_node_id": ctx.get_node_id(), "ray_node_ip": ray.util.get_node_ip_address()}
+
+
+def replay(tracker: Tracker, run_id: str, twin: Any) -> None:
+    """Report a finished twin's stored epochs instead of training again, so ASHA's rungs stay honest."""
+    rows = tracker.history(twin.info.run_id)
+    tracker.set_tags(run_id, {"duplicate_of": twin.info.run_id})
+    for i, row in enumerate(rows):
+        result = {**row, "mlflow_run_id": run_id, "duplicate_of": twin.info.run_id}
+        if i == len(rows) - 1:
+            result[END_STATE] = twin.data.tags[END_STATE]
+            result[END_REASON] = f"duplicate of run {twin.info.run_id}: {twin.data.tags.get(END_REASON, '')}"
+        tune.report(result)
+
+
+def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
+    """One trial. `sampled` is what Optuna chose; `settings` is fixed for the whole search."""
+    ctx = tune.get_context()
+    tracker = Tracker(settings["tracking_uri"])
+    config = train_config(sampled, settings)
+    exp_id, parent = settings["experiment_id"], settings["parent_run_id"]
+    run_id = tracker.child_run(exp_id, parent, ctx.get_trial_id(), ctx.get_trial_name(), sampled)
+    tracker.set_tags(run_id, {**_node_tags(), "train_config": config.to_dict()})
+
+    resume_from = tune.get_checkpoint()
+    if resume_from is None:
+        twin = tracker.finished_twin(exp_id, parent, config_key(sampled), exclude=run_id)
+        if twin is not None:
+            replay(tracker, run_id, twin)
+            return
+
+    torch.set_num_threads(max(1, int(settings["cpus"])))
+    use_cuda = settings["gpus"] > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    data_dir = Path(settings["data_dir"])
+    data.prepare(data_dir, log=lambda m: None)
+    trainer = Trainer(config, data.load(data_dir, device), device)
+    work = Path(tempfile.mkdtemp(prefix="vaesearch-trial-"))
+    best = work / "best.pt"
+    if resume_from is not None:
+        with resume_from.as_directory() as d:
+            trainer.restore(Path(d) / "last.pt")
+            if (Path(d) / "best.pt").exists():
+                shutil.copy(Path(d) / "best.pt", best)
+
+    uploads = Sender(f"trial-{ctx.get_trial_id()}")
+    try:
+        while True:
+            result = trainer.step()
+            if result.improved:
+                checkpoint.save(_weights(trainer), best)
+                snapshot = work / f"best-{result.epoch}.pt"
+                shutil.copy(best, snapshot)
+                uploads.submit("best checkpoint", _upload(tracker, run_id, snapshot, "checkpoint", "best.pt"))
+            if result.epoch % settings["samples_every"] == 0 or result.stop:
+                _log_grids(trainer, work, result.epoch, tracker, run_id, uploads)
+            report = {**result.metrics, "epoch": result.epoch, "mlflow_run_id": run_id}
+            if result.stop:
+                report.update({END_STATE: result.stop, END_REASON: result.reason})
+                uploads.flush(FINAL_FLUSH_S)
+            else:
+                uploads.flush(REPORT_FLUSH_S)
+            with tempfile.TemporaryDirectory(prefix="ckpt-", dir=work) as d:
+                trainer.save(Path(d) / "last.pt")
+                if best.exists():
+                    shutil.copy(best, Path(d) / "best.pt")
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+            if result.stop:
+                break
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _weights(trainer: Trainer) -> dict[str, Any]:
+    """What promotion and `vaesearch evaluate` need: config and weights, not the optimizer."""
+    return {
+        "config": trainer.config.to_dict(),
+        "model": trainer.model.state_dict(),
+        "epoch": trainer.epoch,
+        "best_val_loss": trainer.best_val_loss,
+    }
+
+
+def _upload(tracker: Tracker, run_id: str, local: Path, artifact_dir: str, name: str):
+    def write() -> None:
+        target = local.with_name(name)
+        staged = local.parent / f"upload-{local.stem}"
+        staged.mkdir(exist_ok=True)
+        shutil.copy(local, staged / target.name)
+        tracker.log_artifact(run_id, staged / target.name, artifact_dir)
+        shutil.rmtree(staged, ignore_errors=True)
+        local.unlink(missing_ok=True)
+
+    return write
+
+
+def _log_grids(trainer: Trainer, work: Path, epoch: int, tracker: Tracker, run_id: str, uploads: Sender) -> None:
+    folder = work / f"grids-{epoch}"
+    for path in sample_grids(trainer.model.decoder, trainer.config.latent, folder, seed=trainer.config.seed):
+        named = path.with_name(f"epoch_{epoch:03d}_{path.name}")
+        path.rename(named)
+        uploads.submit(f"grid {named.name}", lambda p=named: tracker.log_artifact(run_id, p, "samples"))

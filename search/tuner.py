@@ -1,0 +1,313 @@
+"""Assemble and run a search: OptunaSearch (TPE) proposes, ASHA stops weak trials, MLflow records.
+
+State that a resume needs lives beside Ray's own under the storage path:
+`vaesearch.json` (the config, the MLflow parent run) and `optuna.db` (the study).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.config import SearchConfig, SearchError, vaesearch_home
+from search.tracking import END_REASON, END_STATE, TRIAL_ID, Tracker
+from vae import checkpoint, data
+from vae.config import ConfigError
+from vae.files import atomic_write
+
+STATE_FILE = "vaesearch.json"
+METRIC, MODE = "best_val_loss", "min"
+
+
+@dataclass
+class Outcome:
+    interrupted: bool
+    trials: int
+    best: dict[str, Any] | None
+    experiment: str
+    parent_run_id: str
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def space_spec(cfg: SearchConfig) -> dict[str, Any]:
+    """The search space as Optuna distributions, one literal logged verbatim with the parent run."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space: dict[str, Any] = {
+        "hidden": CategoricalDistribution(cfg.space.hidden),
+        "decoder": CategoricalDistribution(cfg.space.decoder),
+        "latent": CategoricalDistribution(cfg.space.latent),
+    }
+    if cfg.space.lr:
+        space["lr"] = FloatDistribution(cfg.space.lr.low, cfg.space.lr.high, log=cfg.space.lr.log)
+    if cfg.space.batch_size:
+        space["batch_size"] = IntDistribution(
+            cfg.space.batch_size.low, cfg.space.batch_size.high, log=cfg.space.batch_size.log
+        )
+    return space
+
+
+def storage_root(cfg: SearchConfig) -> Path:
+    return Path(cfg.storage_path).expanduser().resolve() if cfg.storage_path else vaesearch_home() / "ray"
+
+
+def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, parent_run_id: str, data_dir: Path) -> dict:
+    """What every trial shares: fixed training values, where data and MLflow are."""
+    return {
+        "tracking_uri": tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id,
+        "max_epochs": cfg.budget.max_epochs,
+        "lr": cfg.train.lr,
+        "batch_size": cfg.train.batch_size,
+        "patience": cfg.train.patience,
+        "precision": cfg.train.precision,
+        "seed": cfg.train.seed,
+        "subset": cfg.data.subset,
+        "val_subset": cfg.data.val_subset,
+        "data_dir": str(data_dir),
+        "samples_every": cfg.tracking.samples_every,
+        "cpus": cfg.resources.cpus,
+        "gpus": cfg.resources.gpus,
+    }
+
+
+def _ray_init(address: str | None, log: Callable[[str], None]) -> None:
+    import ray
+
+    # Ray 2.60 turns token auth on by itself when a token file exists; say what we want.
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SearchError(f"--address: cannot join a Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    log(f"ray: {len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs{' at ' + address if address else ' (local)'}")
+
+
+def run_search(
+    cfg: SearchConfig,
+    tracking_uri: str,
+    resume: bool = False,
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Outcome:
+    """Start (or resume) the search named cfg.name and wait for it; Ctrl-C saves state and returns."""
+    root = storage_root(cfg)
+    search_dir = root / cfg.name
+    state_path = search_dir / STATE_FILE
+    tracker = Tracker(tracking_uri)
+    if resume:
+        if not state_path.exists():
+            raise SearchError(f"--resume: no search named {cfg.name} under {root}")
+        state = json.loads(state_path.read_text())
+        if state["config"] != cfg.model_dump():
+            log("note: resuming with the config stored at the search's start")
+        cfg = SearchConfig.model_validate(state["config"])
+    elif state_path.exists():
+        raise SearchError(
+            f"--name: a search named {cfg.name} already exists under {root}; add --resume or choose another --name"
+        )
+
+    data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
+    md5s = data.prepare(data_dir, log=lambda m: None)
+    space = space_spec(cfg)
+    study_storage = f"sqlite:///{search_dir / 'optuna.db'}"
+
+    if resume:
+        experiment_id, parent = state["experiment_id"], state["parent_run_id"]
+        tracker.set_tags(parent, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    else:
+        experiment_id = tracker.experiment_id(cfg.name)
+        parent = tracker.start_parent(
+            experiment_id,
+            cfg.name,
+            params={
+                "config": json.dumps(cfg.model_dump()),
+                "search_space": json.dumps({k: repr(v) for k, v in space.items()}),
+                "optuna_study": cfg.name,
+                "optuna_storage": study_storage,
+                "git_commit": git_commit(),
+                **{f"md5_{k}": v for k, v in md5s.items()},
+            },
+            tags={"storage_path": str(root), "kind": "search"},
+        )
+        search_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "name": cfg.name,
+            "config": cfg.model_dump(),
+            "tracking_uri": tracking_uri,
+            "experiment_id": experiment_id,
+            "parent_run_id": parent,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        atomic_write(state_path, json.dumps(state, indent=2).encode())
+    log(f"search {cfg.name}: experiment {experiment_id}, parent run {parent}")
+    log(f"config {json.dumps(cfg.model_dump())}")
+
+    try:
+        return _tune(cfg, tracker, tracking_uri, resume, address, search_dir, experiment_id, parent, data_dir, log)
+    except BaseException as e:  # a search that dies says so on its parent run
+        interrupted = isinstance(e, KeyboardInterrupt)
+        tracker.set_tags(parent, {"status": "interrupted" if interrupted else f"failed: {type(e).__name__}"})
+        raise
+
+
+def _tune(
+    cfg: SearchConfig,
+    tracker: Tracker,
+    tracking_uri: str,
+    resume: bool,
+    address: str | None,
+    search_dir: Path,
+    experiment_id: str,
+    parent: str,
+    data_dir: Path,
+    log: Callable[[str], None],
+) -> Outcome:
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.callbacks import HonestOptunaSearch, TrackingCallback
+    from search.trainable import train_trial
+
+    root, space = search_dir.parent, space_spec(cfg)
+    study_storage = f"sqlite:///{search_dir / 'optuna.db'}"
+    _ray_init(address, log)
+    settings = settings_for(cfg, tracking_uri, experiment_id, parent, data_dir)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, settings=settings),
+        {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus},
+    )
+    if resume and (search_dir / "tuner.pkl").exists():
+        tuner = tune.Tuner.restore(str(search_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials)
+        searcher = HonestOptunaSearch(
+            space=space,
+            metric=METRIC,
+            mode=MODE,
+            sampler=sampler,
+            study_name=cfg.name,
+            storage=optuna.storages.RDBStorage(study_storage),
+        )
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric=METRIC,
+            mode=MODE,
+            max_t=cfg.budget.max_epochs,
+            grace_period=cfg.asha.grace_period,
+            reduction_factor=cfg.asha.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=cfg.budget.num_samples,
+                max_concurrent_trials=cfg.budget.max_concurrent,
+                time_budget_s=cfg.budget.time_limit_s,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=str(root),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=2),
+                callbacks=[TrackingCallback(tracking_uri, experiment_id, parent)],
+                verbose=0,
+            ),
+        )
+    grid = tuner.fit()
+    finished = grid.num_terminated + grid.num_errors
+    interrupted = finished < len(grid) or len(grid) < cfg.budget.num_samples and cfg.budget.time_limit_s is None
+    known = {_trial_id_of(r) for r in grid}
+    if interrupted:
+        for run in tracker.children(experiment_id, parent):
+            if END_STATE not in run.data.tags:
+                tracker.set_tags(run.info.run_id, {END_STATE: "killed", END_REASON: "the search was interrupted"})
+        tracker.set_tags(parent, {"status": "interrupted"})
+        return Outcome(True, len(grid), None, cfg.name, parent)
+
+    reconcile(tracker, grid)
+    removed = prune_unknown_runs(tracker, experiment_id, parent, known)
+    if removed:
+        log(f"deleted {removed} MLflow run(s) of trials the restored search does not know")
+    best = summarize(tracker, experiment_id, parent)
+    tracker.set_tags(parent, {"status": "finished", **({"best_run_id": best["run_id"]} if best else {})})
+    tracker.finish(parent)
+    return Outcome(False, len(grid), best, cfg.name, parent)
+
+
+def _trial_id_of(result: Any) -> str | None:
+    """A trial's id from its last result, else from its folder's name (a trial that never reported)."""
+    if result.metrics and result.metrics.get("trial_id"):
+        return result.metrics["trial_id"]
+    match = re.search(r"_([0-9a-f]{5}_\d{5})(_|$)", Path(result.path or "").name)
+    return match.group(1) if match else None
+
+
+def reconcile(tracker: Tracker, grid: Any) -> None:
+    """Send every epoch a trial's checkpoint holds that MLflow lacks (lost with a driver or a server)."""
+    for result in grid:
+        run_id = (result.metrics or {}).get("mlflow_run_id")
+        if not run_id or result.checkpoint is None:
+            continue
+        with result.checkpoint.as_directory() as d:
+            last = Path(d) / "last.pt"
+            if not last.exists():
+                continue
+            history = checkpoint.load(last)["history"]
+        sent = tracker.log_epochs(run_id, history)
+        if sent:
+            tracker.set_tags(run_id, {"reconciled_epochs": ",".join(map(str, sent))})
+
+
+def prune_unknown_runs(tracker: Tracker, experiment_id: str, parent: str, known: set) -> int:
+    """Delete child runs of trials the (restored) search does not know: started after Ray last saved."""
+    removed = 0
+    for run in tracker.children(experiment_id, parent):
+        if run.data.tags.get(TRIAL_ID) not in known:
+            tracker.delete_run(run.info.run_id, "trial unknown to the resumed search (started after its last save)")
+            removed += 1
+    return removed
+
+
+def summarize(tracker: Tracker, experiment_id: str, parent: str) -> dict[str, Any] | None:
+    """The child run with the lowest best_val_loss, failed trials left out."""
+    best = None
+    for run in tracker.children(experiment_id, parent):
+        loss = run.data.metrics.get("best_val_loss")
+        if run.data.tags.get(END_STATE) == "failed" or loss is None or loss != loss:
+            continue
+        if best is None or loss < best["best_val_loss"]:
+            best = {"run_id": run.info.run_id, "best_val_loss": loss, "params": dict(run.data.params)}
+    return best
+
+
+def check_config_for_cluster(address: str | None, tracking_uri: str | None) -> None:
+    if address and not tracking_uri:
+        raise ConfigError(
+            "--tracking-uri", "required with --address: give a tracking server every node can reach (http://HOST:PORT)"
+        )

@@ -1,0 +1,167 @@
+"""The search end to end: a real local Ray, a real MLflow server over HTTP, real MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, run_cli, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def search(config: Path, name: str, url: str, storage: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli(
+        "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage), *extra
+    )
+
+
+def children(client: MlflowClient, experiment: str) -> tuple[object, list]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], kids
+
+
+@pytest.fixture(scope="session")
+def finished(mlflow_url: str, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict:
+    """One tiny search, run once for the tests below: 6 trials over 2 configs, so duplicates happen."""
+    tmp = tmp_path_factory.mktemp("search")
+    config = write_config(tmp / "tiny.yaml")
+    proc = search(config, "e2e", mlflow_url, tmp / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"storage": tmp / "ray", "summary": json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def test_every_trial_ends_with_a_nested_child_run(finished: dict, mlflow_url: str) -> None:
+    client = MlflowClient(mlflow_url)
+    parent, kids = children(client, "e2e")
+    assert len(kids) == 6
+    assert parent.data.params["optuna_study"] == "e2e" and "md5_train-images-idx3-ubyte" in parent.data.params
+    assert parent.data.tags["status"] == "finished"
+    for run in kids:
+        assert run.data.tags["end_state"] in {"completed", "early_stopped", "pruned"}, run.data.tags
+        assert run.data.tags["ray_trial_id"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert steps == sorted(set(steps)) and steps[0] == 1, steps  # one point per epoch, none twice
+        for key in ("train_loss", "best_val_loss", "val_recon", "val_kl", "train_kl", "epoch_seconds"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == len(steps), key
+    trained = [r for r in kids if "duplicate_of" not in r.data.tags]
+    for run in trained:
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+        assert any(n.endswith(".png") for n in names), names
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {"checkpoint/best.pt"}
+
+
+def test_asha_pruned_a_trial_and_optuna_knows_it(finished: dict, mlflow_url: str) -> None:
+    client = MlflowClient(mlflow_url)
+    _, kids = children(client, "e2e")
+    pruned = [r for r in kids if r.data.tags["end_state"] == "pruned"]
+    full = [r for r in kids if r.data.tags["end_state"] == "completed"]
+    assert pruned and full
+    epochs = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss")) for r in kids}
+    assert max(epochs[r.info.run_id] for r in pruned) < min(epochs[r.info.run_id] for r in full)
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{finished['storage'] / 'e2e' / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 6
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+
+
+def test_a_duplicate_config_replays_instead_of_training(finished: dict, mlflow_url: str) -> None:
+    client = MlflowClient(mlflow_url)
+    _, kids = children(client, "e2e")
+    by_id = {r.info.run_id: r for r in kids}
+    dups = [r for r in kids if "duplicate_of" in r.data.tags]
+    assert dups, "6 trials over 2 configs must repeat one"
+    for dup in dups:
+        original = by_id[dup.data.tags["duplicate_of"]]
+        assert original.data.tags["config_key"] == dup.data.tags["config_key"]
+        assert original.data.tags["end_state"] in {"completed", "early_stopped"}
+        assert not client.list_artifacts(dup.info.run_id, "checkpoint")  # nothing trained, nothing saved
+        got = [m.value for m in sorted(client.get_metric_history(dup.info.run_id, "val_loss"), key=lambda m: m.step)]
+        want = [
+            m.value for m in sorted(client.get_metric_history(original.info.run_id, "val_loss"), key=lambda m: m.step)
+        ]
+        assert got == want[: len(got)]
+
+
+def test_searches_lists_the_search(finished: dict) -> None:
+    proc = run_cli("searches", "--storage-path", str(finished["storage"]))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    row = next(r for r in rows if r["name"] == "e2e")
+    assert row["trials"] == 6 and row["done"] == 6 and row["running"] == 0 and row["status"] == "finished"
+    assert row["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
+
+
+def test_a_diverging_trial_fails_without_stopping_the_search(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "nan.yaml",
+        space={"hidden": [8], "decoder": [1], "latent": [2]},
+        train={"lr": 1000.0, "precision": "fp32"},
+        budget={"num_samples": 1, "max_epochs": 2, "max_concurrent": 1},
+    )
+    proc = search(config, "nan", mlflow_url, tmp_path / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(mlflow_url)
+    _, kids = children(client, "nan")
+    assert len(kids) == 1
+    run = kids[0]
+    assert run.data.tags["end_state"] == "failed" and "diverged" in run.data.tags["end_reason"]
+    assert run.info.status == "FAILED"
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1  # ended at once, not retried
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'ray' / 'nan' / 'optuna.db'}")
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "resume.yaml",
+        space={"hidden": [8, 16, 24, 32], "decoder": [1, 6], "latent": [2, 3]},
+        budget={"num_samples": 5, "max_epochs": 3, "max_concurrent": 1},
+        asha={"grace_period": 3, "reduction_factor": 2},
+        data={"subset": 512, "val_subset": 128},
+    )
+    cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", "resume",
+           "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    client = MlflowClient(mlflow_url)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait for one finished trial and a second one under way
+        exp = client.get_experiment_by_name("resume")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        ended = [r for r in runs if r.data.tags.get("end_state")]
+        if ended and len(runs) >= 3:
+            break
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the search never got going")
+    before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss")) for r in ended}
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert "--resume" in out
+
+    again = search(config, "resume", mlflow_url, tmp_path / "ray", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    parent, kids = children(client, "resume")
+    assert len(kids) == 5
+    assert len({r.data.tags["ray_trial_id"] for r in kids}) == 5
+    for run in kids:
+        assert run.data.tags["end_state"] in {"completed", "early_stopped", "pruned"}
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert len(steps) == len(set(steps)), steps
+    for run_id, epochs in before.items():  # finished before the interrupt: not trained again
+        assert len(client.get_metric_history(run_id, "val_loss")) == epochs

@@ -1,0 +1,71 @@
+"""Config validation: every bad value exits 2 before any trial starts, naming its field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_line_error, run_cli, write_config
+
+
+@pytest.mark.parametrize(
+    "sections, field",
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"space": {"decoder": [1, 7]}}, "space.decoder"),
+        ({"space": {"latent": [0]}}, "space.latent"),
+        ({"space": {"hidden": [-4]}}, "space.hidden"),
+        ({"space": {"hidden": []}}, "space.hidden"),
+        ({"asha": {"grace_period": 5}}, "asha.grace_period"),
+        ({"asha": {"reduction_factor": 1}}, "asha.reduction_factor"),
+        ({"budget": {"num_samples": 0}}, "budget.num_samples"),
+        ({"budget": {"max_epochs": -1}}, "budget.max_epochs"),
+        ({"budget": {"time_limit_s": 0}}, "budget.time_limit_s"),
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"resources": {"gpus": -1}}, "resources.gpus"),
+        ({"asha": {"grace": 1}}, "asha.grace"),
+    ],
+)
+def test_bad_config_values_exit_2_naming_the_field(sections: dict, field: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", **sections)
+    proc = run_cli("search", "--config", str(config), "--storage-path", str(tmp_path / "ray"),
+                   "--tracking-uri", "http://127.0.0.1:9")  # fmt: skip
+    assert_one_line_error(proc, field)
+    assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize(
+    "text, needle", [("", "empty"), ("name: [unclosed", "not valid YAML"), ("- 1\n- 2", "mapping")]
+)
+def test_malformed_or_empty_yaml(text: str, needle: str, tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    assert_one_line_error(run_cli("search", "--config", str(tmp_path / "c.yaml")), needle)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("search", "--config", str(tmp_path / "none.yaml")), "--config", "no such file")
+
+
+def test_a_tracking_server_that_does_not_answer(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml")
+    proc = run_cli("search", "--config", str(config), "--tracking-uri", "http://127.0.0.1:9",
+                   "--storage-path", str(tmp_path / "ray"))  # fmt: skip
+    assert_one_line_error(proc, "--tracking-uri", "no MLflow server answers")
+    assert not (tmp_path / "ray").exists()
+
+
+def test_address_without_tracking_uri_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml")
+    proc = run_cli("search", "--config", str(config), "--address", "auto")
+    assert_one_line_error(proc, "--tracking-uri", "--address")
+
+
+def test_shipped_configs_are_valid() -> None:
+    from search import config
+    from tests.conftest import REPO
+
+    smoke = config.load(REPO / "configs" / "smoke.yaml")
+    assert smoke.budget.num_samples >= 8 and smoke.budget.max_epochs <= 4 and smoke.asha.reduction_factor == 2
+    seed = config.load(REPO / "configs" / "seed.yaml")
+    assert (len(seed.space.hidden), len(seed.space.decoder), len(seed.space.latent)) == (3, 6, 4)
