@@ -17,8 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: venv
-	$(BIN)/vaesearch data prepare
-	$(BIN)/vaesearch train --decoder 1 --hidden 128 --latent 2 --epochs 2
+	$(BIN)/vaesearch search --config configs/smoke.yaml --name smoke-$$(date +%Y%m%d-%H%M%S)
 
 test: venv
 	$(BIN)/ruff check .
@@ -26,6 +25,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/search_efficiency.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,9 +7,11 @@ server this module started.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -62,6 +64,13 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -89,6 +98,7 @@ def start(
     host: str = "127.0.0.1",
     port: int = 5000,
     insecure: bool = False,
+    auth: bool = False,
     workers: int = 2,
     timeout: float = 120.0,
     port_flag: str = "--port",
@@ -98,11 +108,15 @@ def start(
     running = read_info(data_dir)
     if running and health(running.url):
         return running
-    if not is_loopback(host) and not insecure:
+    if not is_loopback(host) and not (insecure or auth):
         raise ServerError(
-            f"--host: {host} is not a loopback address; binding it needs --insecure (no auth: anyone who "
-            "reaches the port can read and change every run)"
+            f"--host: {host} is not a loopback address; binding it needs --auth (MLflow's basic-auth, with "
+            "MLFLOW_AUTH_ADMIN_PASSWORD set) or --insecure (anyone who reaches the port can change every run)"
         )
+    if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise ServerError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD to the admin password the server should create")
+    if auth and importlib.util.find_spec("flask_wtf") is None:
+        raise ServerError("--auth: MLflow's basic-auth needs the mlflow[auth] extra (pip install 'mlflow[auth]')")
     if port_in_use(host, port):
         raise ServerError(f"{port_flag}: port {port} on {host} is taken by another process; choose another port")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -118,10 +132,17 @@ def start(
         "--port", str(port),
         "--workers", str(workers),
     ]  # fmt: skip
-    if not is_loopback(host):
+    env = dict(os.environ)
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(data_dir))
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", _secret_key(data_dir))
+    elif not is_loopback(host):
         print(f"warning: MLflow on {host}:{port} without authentication (--insecure)", file=sys.stderr)
     log = open(data_dir / LOG_FILE, "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+    )
     log.close()
     info = ServerInfo(proc.pid, url, host, port, backend, artifacts)
     deadline = time.monotonic() + timeout
@@ -136,6 +157,30 @@ def start(
         time.sleep(0.5)
     _kill_group(proc.pid)
     raise ServerError(f"the MLflow server did not answer /health within {timeout:.0f} s: {_last_line(data_dir)}")
+
+
+def _auth_config(data_dir: Path) -> Path:
+    """basic-auth's config: its user database at an absolute path in the data folder; no password on disk."""
+    path = data_dir / "basic_auth.ini"
+    user = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{data_dir / 'basic_auth.db'}\n"
+        f"admin_username = {user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return path
+
+
+def _secret_key(data_dir: Path) -> str:
+    """The CSRF key basic-auth needs, made once and kept (mode 600) so its workers and restarts agree."""
+    path = data_dir / "secret.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def _last_line(data_dir: Path) -> str:

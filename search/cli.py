@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(g)
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     g.add_argument("--out", type=Path, default=None, help="output folder (default runs/train-<time>)")
+    g.add_argument("--tracking-uri", default=None, help="also log the run to this MLflow server (http://HOST:PORT)")
+    g.add_argument("--experiment", default="train", help="MLflow experiment for --tracking-uri (default train)")
     train.set_defaults(handler=cmd_train)
 
     ev = sub.add_parser("evaluate", help="print a checkpoint's loss on a split as JSON")
@@ -127,6 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--tracking-uri", default=None, help="MLflow server (default: the one each search used)")
     ls.set_defaults(handler=cmd_searches)
 
+    rp = sub.add_parser("report", help="write report.md and plots for a search, from MLflow")
+    rp.add_argument("--experiment", required=True, help="the search's name")
+    rp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
+    rp.add_argument("--out", type=Path, default=None, help="folder (default reports/EXPERIMENT)")
+    rp.set_defaults(handler=cmd_report)
+
+    pr = sub.add_parser("promote", help="register the best checkpoint and point an alias at it")
+    pr.add_argument("--experiment", required=True, help="the search's name")
+    pr.add_argument("--run-id", default=None, help="promote this trial instead of the best")
+    pr.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
+    pr.add_argument("--model-name", default="vae-mnist", help="default vae-mnist")
+    pr.add_argument("--alias", default="champion", help="default champion")
+    pr.add_argument("--force", action="store_true", help="move the alias even to a worse model")
+    pr.add_argument("--rollback", action="store_true", help="point the alias back at the previous version")
+    pr.add_argument("--iw-samples", type=positive, default=100, help="K of the test split's IWAE bound (default 100)")
+    _add_data_dir(pr)
+    pr.set_defaults(handler=cmd_promote)
+
+    sa = sub.add_parser("sample", help="draw digits from a registered model")
+    sa.add_argument("--model-uri", default="models:/vae-mnist@champion", help="default models:/vae-mnist@champion")
+    sa.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
+    sa.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    sa.add_argument("--mode", choices=("grid", "random"), default="random", help="grid needs Z=2 (default random)")
+    sa.set_defaults(handler=cmd_sample)
+
     sv = sub.add_parser("server", help="start, stop or check the local MLflow tracking server")
     sv.add_argument("action", choices=("start", "stop", "status"))
     sv.add_argument("--backend-store-uri", default=None, help="SQLAlchemy URL (default: SQLite in the data folder)")
@@ -134,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     sv.add_argument("--port", type=positive, default=5000, help="default 5000")
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback host without authentication")
+    sv.add_argument(
+        "--auth", action="store_true", help="MLflow basic-auth; admin password from MLFLOW_AUTH_ADMIN_PASSWORD"
+    )
     sv.add_argument(
         "--data-folder", type=Path, default=None, help="pid file, log and SQLite store (~/vaesearch/mlflow)"
     )
@@ -182,9 +213,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if (out / "checkpoint.pt").exists() or (out / "last.pt").exists():
         raise UsageError(f"--out: {out} already holds a run; give a new folder")
     device = _device(args.device)
+    uri = _tracking_uri(args.tracking_uri, 0) if args.tracking_uri else None
     data_dir = args.data_dir or data.default_data_dir()
     data.prepare(data_dir, log=lambda m: print(m, file=sys.stderr))
     result = train_to_folder(config, out.resolve(), data_dir, device)
+    if uri:
+        from search.tracking import Tracker
+
+        run_id = Tracker(uri).log_training(args.experiment, out.resolve(), config.to_dict(), result.stop, result.reason)
+        print(f"logged to MLflow: experiment {args.experiment}, run {run_id}")
     return 1 if result.stop == "failed" else 0
 
 
@@ -251,13 +288,69 @@ def cmd_searches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(uri: str | None):
+    """A client for the given server, or the embedded one, which must be running."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_server import server
+
+    if uri is None:
+        info = server.read_info(_server_folder(None))
+        if info is None:
+            raise UsageError("--tracking-uri: none given and no embedded server runs (vaesearch server start)")
+        uri = info.url
+    if not server.health(uri, timeout=5):
+        raise UsageError(f"--tracking-uri: no MLflow server answers at {uri}")
+    return MlflowClient(uri)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    client = _client(args.tracking_uri)
+    path = write_report(client, args.experiment, (args.out or Path("reports") / args.experiment).resolve())
+    print(f"wrote {path} (also logged to the search's parent run under report/)")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from analysis.promote import promote, rollback
+
+    client = _client(args.tracking_uri)
+    if args.rollback:
+        result = rollback(client, args.model_name, args.alias)
+    else:
+        result = promote(
+            client,
+            args.experiment,
+            args.run_id,
+            args.model_name,
+            args.alias,
+            args.force,
+            args.iw_samples,
+            args.data_dir,
+        )
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from analysis.sample import sample
+
+    if args.out.suffix.lower() != ".png":
+        raise UsageError(f"--out: must name a .png file, got {args.out}")
+    path = sample(_client(args.tracking_uri), args.model_uri, args.out, args.mode)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from mlflow_server import server
 
     folder = _server_folder(args.data_folder)
     if args.action == "start":
         info = server.start(
-            folder, args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.insecure
+            folder, args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.insecure, args.auth
         )
         print(f"MLflow server at {info.url} (pid {info.pid}, store {info.backend_store_uri})")
     elif args.action == "status":
@@ -275,8 +368,11 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args = build_parser().parse_args(argv)
     handler = args.handler
+    from analysis.errors import AnalysisError
     from mlflow_server.server import ServerError
     from search.config import SearchError
     from vae.checkpoint import CheckpointError
@@ -285,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return handler(args)
-    except (UsageError, ConfigError, DataError, CheckpointError, ServerError, SearchError) as e:
+    except (UsageError, ConfigError, DataError, CheckpointError, ServerError, SearchError, AnalysisError) as e:
         print(f"vaesearch {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -175,7 +175,7 @@ class SearchConfig(_Strict):
             for key in parents:
                 node = node[key]
             node[leaf] = value
-        return _validate(data)
+        return validate(data)
 
 
 class _FieldError(ValueError):
@@ -184,7 +184,7 @@ class _FieldError(ValueError):
         super().__init__(message)
 
 
-def _validate(data: Any) -> SearchConfig:
+def validate(data: Any) -> SearchConfig:
     if not isinstance(data, dict):
         raise ConfigError("config", "must be a YAML mapping with keys name, space, budget, ...")
     try:
@@ -218,7 +218,7 @@ def load(path: str | Path) -> SearchConfig:
         raise ConfigError("--config", f"{path} is not valid YAML{where}") from None
     if data is None:
         raise ConfigError("--config", f"{path} is empty")
-    return _validate(data)
+    return validate(data)
 
 
 def vaesearch_home() -> Path:

@@ -71,6 +71,24 @@ class Sender:
                 self._idle.set()
 
 
+def patiently(call: Callable[[], Any], what: str, give_up_after: float = 600.0) -> Any:
+    """Call until the server answers (back-off up to 15 s); a trial that starts while it is away waits."""
+    deadline, delay = time.monotonic() + give_up_after, 0.5
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"MLflow did not answer for {give_up_after:.0f} s ({what}): {e}") from e
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _text(tags: dict[str, Any]) -> dict[str, str]:
+    """MLflow tags are strings; dicts and lists go as JSON."""
+    return {k: (v if isinstance(v, str) else json.dumps(v))[:5000] for k, v in tags.items()}
+
+
 def config_key(values: dict[str, Any]) -> str:
     """A canonical text of a trial's sampled values: equal texts mean the same training."""
     return json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
@@ -101,8 +119,8 @@ class Tracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _text(tags).items()])
 
     def children(self, experiment_id: str, parent_id: str, deleted: bool = False) -> list:
         view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
@@ -125,17 +143,20 @@ class Tracker:
 
     # -- child runs (trials) --
 
-    def child_run(self, experiment_id: str, parent_id: str, trial_id: str, trial_name: str, params: dict) -> str:
+    def child_run(
+        self, experiment_id: str, parent_id: str, trial_id: str, trial_name: str, params: dict, tags: dict
+    ) -> str:
         """This trial's run: found by its Ray trial id (a retry or resume continues it), else created."""
         found = self.client.search_runs(
             [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{TRIAL_ID} = '{trial_id}'"
         )
         if found:
+            self.set_tags(found[0].info.run_id, tags)  # a retry may run on another node
             return found[0].info.run_id
         run = self.client.create_run(
             experiment_id,
             run_name=trial_name,
-            tags={PARENT_TAG: parent_id, TRIAL_ID: trial_id, CONFIG_KEY: config_key(params)},
+            tags={PARENT_TAG: parent_id, TRIAL_ID: trial_id, CONFIG_KEY: config_key(params), **_text(tags)},
         )
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
@@ -179,3 +200,26 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    # -- a single `vaesearch train` run --
+
+    def log_training(self, experiment: str, folder: Path, params: dict[str, Any], state: str, reason: str) -> str:
+        """One finished `train` folder as a run: params, a metric per epoch, checkpoint and grids."""
+        import csv
+
+        run = self.client.create_run(self.experiment_id(experiment), run_name=folder.name)
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        with open(folder / "metrics.csv") as f:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        best = float("inf")
+        for row in rows:  # metrics.csv has no running minimum; MLflow gets it as in a search
+            best = min(best, row["val_loss"])
+            row["best_val_loss"] = best
+        self.log_epochs(run_id, rows, skip=set())
+        for name in ("checkpoint.pt", "config.json", "metrics.csv", "samples.png", "manifold.png"):
+            if (folder / name).exists():
+                self.log_artifact(run_id, folder / name)
+        self.set_tags(run_id, {END_STATE: state, END_REASON: reason})
+        self.finish(run_id, "FAILED" if state == "failed" else "FINISHED")
+        return run_id

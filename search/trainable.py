@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
-from search.tracking import END_REASON, END_STATE, Sender, Tracker, config_key
+from search.tracking import END_REASON, END_STATE, Sender, Tracker, config_key, patiently
 from vae import checkpoint, data
 from vae.config import TrainConfig
 from vae.figures import sample_grids
 from vae.train import Trainer
 
-REPORT_FLUSH_S = 10.0  # wait this long at most for artifacts before each report
+REPORT_FLUSH_S = 2.0  # wait this long at most for artifacts before each report (a pruned trial stops after it)
 FINAL_FLUSH_S = 300.0
 
 
@@ -52,8 +53,8 @@ def _node_tags() -> dict[str, str]:
 
 def replay(tracker: Tracker, run_id: str, twin: Any) -> None:
     """Report a finished twin's stored epochs instead of training again, so ASHA's rungs stay honest."""
-    rows = tracker.history(twin.info.run_id)
-    tracker.set_tags(run_id, {"duplicate_of": twin.info.run_id})
+    rows = patiently(lambda: tracker.history(twin.info.run_id), "the twin's history")
+    patiently(lambda: tracker.set_tags(run_id, {"duplicate_of": twin.info.run_id}), "tagging the duplicate")
     for i, row in enumerate(rows):
         result = {**row, "mlflow_run_id": run_id, "duplicate_of": twin.info.run_id}
         if i == len(rows) - 1:
@@ -64,16 +65,20 @@ def replay(tracker: Tracker, run_id: str, twin: Any) -> None:
 
 def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
     """One trial. `sampled` is what Optuna chose; `settings` is fixed for the whole search."""
+    started = time.perf_counter()
     ctx = tune.get_context()
     tracker = Tracker(settings["tracking_uri"])
     config = train_config(sampled, settings)
     exp_id, parent = settings["experiment_id"], settings["parent_run_id"]
-    run_id = tracker.child_run(exp_id, parent, ctx.get_trial_id(), ctx.get_trial_name(), sampled)
-    tracker.set_tags(run_id, {**_node_tags(), "train_config": config.to_dict()})
+    tags = {**_node_tags(), "train_config": config.to_dict()}
+    run_id = patiently(
+        lambda: tracker.child_run(exp_id, parent, ctx.get_trial_id(), ctx.get_trial_name(), sampled, tags),
+        "finding this trial's run",
+    )
 
     resume_from = tune.get_checkpoint()
     if resume_from is None:
-        twin = tracker.finished_twin(exp_id, parent, config_key(sampled), exclude=run_id)
+        twin = patiently(lambda: tracker.finished_twin(exp_id, parent, config_key(sampled), exclude=run_id), "twins")
         if twin is not None:
             replay(tracker, run_id, twin)
             return
@@ -82,8 +87,12 @@ def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
     use_cuda = settings["gpus"] > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
     data_dir = Path(settings["data_dir"])
-    data.prepare(data_dir, log=lambda m: None)
-    trainer = Trainer(config, data.load(data_dir, device), device)
+    try:
+        splits = data.load(data_dir, device)  # verifies the MD5s
+    except data.DataError:  # a node without the data fetches it once
+        data.prepare(data_dir, log=lambda m: None)
+        splits = data.load(data_dir, device)
+    trainer = Trainer(config, splits, device)
     work = Path(tempfile.mkdtemp(prefix="vaesearch-trial-"))
     best = work / "best.pt"
     if resume_from is not None:
@@ -93,22 +102,28 @@ def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
                 shutil.copy(Path(d) / "best.pt", best)
 
     uploads = Sender(f"trial-{ctx.get_trial_id()}")
+    overhead = {"setup_seconds": time.perf_counter() - started}  # trial start to its first batch
     try:
         while True:
             result = trainer.step()
+            waited = time.perf_counter()
             if result.improved:
                 checkpoint.save(_weights(trainer), best)
                 snapshot = work / f"best-{result.epoch}.pt"
                 shutil.copy(best, snapshot)
                 uploads.submit("best checkpoint", _upload(tracker, run_id, snapshot, "checkpoint", "best.pt"))
+            grid_seconds = 0.0
             if result.epoch % settings["samples_every"] == 0 or result.stop:
+                grid_start = time.perf_counter()
                 _log_grids(trainer, work, result.epoch, tracker, run_id, uploads)
-            report = {**result.metrics, "epoch": result.epoch, "mlflow_run_id": run_id}
+                grid_seconds = time.perf_counter() - grid_start
+            uploads.flush(FINAL_FLUSH_S if result.stop else REPORT_FLUSH_S)
+            # What logging cost this epoch's training: the wait for uploads, not the drawing of grids.
+            report = {**result.metrics, **overhead, "epoch": result.epoch, "mlflow_run_id": run_id}
+            report["log_seconds"] = time.perf_counter() - waited - grid_seconds
+            overhead = {}
             if result.stop:
                 report.update({END_STATE: result.stop, END_REASON: result.reason})
-                uploads.flush(FINAL_FLUSH_S)
-            else:
-                uploads.flush(REPORT_FLUSH_S)
             with tempfile.TemporaryDirectory(prefix="ckpt-", dir=work) as d:
                 trainer.save(Path(d) / "last.pt")
                 if best.exists():

@@ -23,6 +23,7 @@ from vae.config import ConfigError
 from vae.files import atomic_write
 
 STATE_FILE = "vaesearch.json"
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 METRIC, MODE = "best_val_loss", "min"
 
 
@@ -88,7 +89,7 @@ def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, paren
     }
 
 
-def _ray_init(address: str | None, log: Callable[[str], None]) -> None:
+def ray_init(address: str | None, log: Callable[[str], None]) -> None:
     import ray
 
     # Ray 2.60 turns token auth on by itself when a token file exists; say what we want.
@@ -96,8 +97,16 @@ def _ray_init(address: str | None, log: Callable[[str], None]) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Credentials for an MLflow server with auth reach trials through their environment, never as params.
+    secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": secrets} if secrets else None,
+        )
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SearchError(f"--address: cannot join a Ray cluster at {address}: {str(e).splitlines()[0]}") from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -132,6 +141,7 @@ def run_search(
 
     data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
     md5s = data.prepare(data_dir, log=lambda m: None)
+    ray_init(address, log)  # before anything is written: an unreachable cluster leaves no empty run
     space = space_spec(cfg)
     study_storage = f"sqlite:///{search_dir / 'optuna.db'}"
 
@@ -195,7 +205,6 @@ def _tune(
 
     root, space = search_dir.parent, space_spec(cfg)
     study_storage = f"sqlite:///{search_dir / 'optuna.db'}"
-    _ray_init(address, log)
     settings = settings_for(cfg, tracking_uri, experiment_id, parent, data_dir)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings),
@@ -295,11 +304,11 @@ def prune_unknown_runs(tracker: Tracker, experiment_id: str, parent: str, known:
 
 
 def summarize(tracker: Tracker, experiment_id: str, parent: str) -> dict[str, Any] | None:
-    """The child run with the lowest best_val_loss, failed trials left out."""
+    """The child run with the lowest best_val_loss; failed trials and replays of duplicates left out."""
     best = None
     for run in tracker.children(experiment_id, parent):
         loss = run.data.metrics.get("best_val_loss")
-        if run.data.tags.get(END_STATE) == "failed" or loss is None or loss != loss:
+        if run.data.tags.get(END_STATE) == "failed" or "duplicate_of" in run.data.tags or loss is None or loss != loss:
             continue
         if best is None or loss < best["best_val_loss"]:
             best = {"run_id": run.info.run_id, "best_val_loss": loss, "params": dict(run.data.params)}

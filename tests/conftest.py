@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,21 +53,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert needle in lines[0], lines[0]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_url(tmp_path_factory: pytest.TempPathFactory):
     """One real MLflow server over HTTP for the whole test session, stopped at its end."""
     from mlflow_server import server
 
     folder = tmp_path_factory.mktemp("mlflow")
-    info = server.start(folder, port=free_port())
+    info = server.start(folder, port=server.free_port())
     yield info.url
     server.stop(folder)
 
@@ -82,10 +75,41 @@ def write_config(path: Path, **sections: dict) -> Path:
         "budget": {"num_samples": 6, "max_epochs": 2, "max_concurrent": 2},
         "asha": {"grace_period": 1, "reduction_factor": 2},
         "sampler": {"seed": 0, "n_startup_trials": 2},
-        "data": {"subset": 256, "val_subset": 128},
+        "data": {"subset": 1024, "val_subset": 128},
         "tracking": {"samples_every": 1},
     }
     for key, value in sections.items():
         config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def search(config: Path, name: str, url: str, storage: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`vaesearch search` against a given server and storage path."""
+    return run_cli(
+        "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage), *extra
+    )
+
+
+@pytest.fixture(scope="session")
+def finished(mlflow_url: str, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict:
+    """One tiny search, run once for the tests below: 6 trials over 2 configs, so duplicates happen."""
+    tmp = tmp_path_factory.mktemp("search")
+    config = write_config(tmp / "tiny.yaml")
+    proc = search(config, "e2e", mlflow_url, tmp / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"storage": tmp / "ray", "summary": json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def promote(url: str, *extra: str) -> dict:
+    """`vaesearch promote` on the e2e search, with a small K; its one JSON line."""
+    proc = run_cli("promote", "--experiment", "e2e", "--tracking-uri", url, "--iw-samples", "2", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="session")
+def promoted(finished: dict, mlflow_url: str) -> dict:
+    return promote(mlflow_url)

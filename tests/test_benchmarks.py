@@ -15,3 +15,15 @@ def test_throughput_benchmark_smoke(mnist_dir) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["images"] == 512 and result["ours_images_per_s"] > 0 and result["reference_images_per_s"] > 0
+
+
+def test_search_efficiency_benchmark_smoke(mnist_dir) -> None:
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/search_efficiency.py", "--smoke"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["fifo"]["epochs"] == 3 * 2  # FIFO trains every trial to max_epochs
+    assert 0 < result["asha"]["epochs"] <= result["fifo"]["epochs"]
+    assert result["setup_seconds_max"] > 0 and result["log_share"] >= 0

@@ -14,15 +14,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, run_cli, write_config
+from tests.conftest import REPO, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def search(config: Path, name: str, url: str, storage: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli(
-        "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage), *extra
-    )
 
 
 def children(client: MlflowClient, experiment: str) -> tuple[object, list]:
@@ -32,16 +26,6 @@ def children(client: MlflowClient, experiment: str) -> tuple[object, list]:
     assert len(parents) == 1, [r.info.run_name for r in parents]
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     return parents[0], kids
-
-
-@pytest.fixture(scope="session")
-def finished(mlflow_url: str, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict:
-    """One tiny search, run once for the tests below: 6 trials over 2 configs, so duplicates happen."""
-    tmp = tmp_path_factory.mktemp("search")
-    config = write_config(tmp / "tiny.yaml")
-    proc = search(config, "e2e", mlflow_url, tmp / "ray")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"storage": tmp / "ray", "summary": json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def test_every_trial_ends_with_a_nested_child_run(finished: dict, mlflow_url: str) -> None:
@@ -165,3 +149,16 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
         assert len(steps) == len(set(steps)), steps
     for run_id, epochs in before.items():  # finished before the interrupt: not trained again
         assert len(client.get_metric_history(run_id, "val_loss")) == epochs
+
+
+def test_train_logs_one_run_to_mlflow(mlflow_url: str, tmp_path: Path, mnist_dir: Path) -> None:
+    proc = run_cli(
+        "train", "--decoder", "3", "--hidden", "8", "--latent", "2", "--epochs", "2", "--subset", "256",
+        "--val-subset", "128", "--out", str(tmp_path / "run"), "--tracking-uri", mlflow_url, "--experiment", "single",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(mlflow_url)
+    (run,) = client.search_runs([client.get_experiment_by_name("single").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "best_val_loss")] == [1, 2]
+    assert run.data.params["decoder"] == "3" and run.data.tags["end_state"] == "completed"
+    assert "checkpoint.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}

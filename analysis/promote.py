@@ -1,0 +1,166 @@
+"""`vaesearch promote`: the best checkpoint, evaluated on the test split, into the Model Registry.
+
+The registered model is the decoder with a sigmoid (latent vectors in, digits
+out), because MLflow's default pt2 format keeps only `forward`; the full VAE
+checkpoint and its config ride along as artifacts of the same version for
+evaluation. The alias moves only to a model with a lower validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from analysis.errors import AnalysisError
+from analysis.runs import Search, Trial, load_search
+from vae.commands import evaluate_checkpoint
+from vae.model import Generator
+from vae.train import load_model
+
+
+def _history_tag(alias: str) -> str:
+    return f"{alias}.history"
+
+
+def _by_alias(client: MlflowClient, name: str, alias: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _versions(client: MlflowClient, name: str) -> list:
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return []
+
+
+def _choose(search: Search, run_id: str | None) -> Trial:
+    if run_id:
+        for t in search.trials:
+            if t.run_id == run_id:
+                if not t.rankable:
+                    raise AnalysisError(f"--run-id: run {run_id} ended {t.end_state} or is a replay; it has no model")
+                return t
+        raise AnalysisError(f"--run-id: no trial {run_id} in experiment {search.name!r}")
+    best = search.best()
+    if best is None:
+        raise AnalysisError(f"--experiment: {search.name!r} has no finished trial with a finite loss")
+    return best
+
+
+def _result(version: Any, moved: bool) -> dict[str, Any]:
+    tags = version.tags
+    return {
+        "run_id": tags["source_run_id"],
+        "version": int(version.version),
+        "val_loss": float(tags["val_loss"]),
+        "test_loss": float(tags["test_loss"]),
+        "iwae_test": float(tags["iwae_test"]) if "iwae_test" in tags else None,
+        "iw_samples": int(tags.get("iw_samples", 0)) or None,
+        "alias_moved": moved,
+    }
+
+
+def _set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point the alias at `version`, remembering the one it leaves for --rollback."""
+    current = _by_alias(client, name, alias)
+    if current is not None and current.version == str(version):
+        return
+    model = client.get_registered_model(name)
+    history = json.loads(model.tags.get(_history_tag(alias), "[]"))
+    if current is not None:
+        history.append(current.version)
+    client.set_registered_model_tag(name, _history_tag(alias), json.dumps(history))
+    client.set_registered_model_alias(name, alias, str(version))
+
+
+def rollback(client: MlflowClient, name: str, alias: str) -> dict[str, Any]:
+    """Point the alias back at the version that held it before."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise AnalysisError(f"--model-name: no registered model {name!r}") from None
+    history = json.loads(model.tags.get(_history_tag(alias), "[]"))
+    if not history:
+        raise AnalysisError(f"--rollback: no earlier version of {name!r} held @{alias}")
+    previous = history.pop()
+    client.set_registered_model_tag(name, _history_tag(alias), json.dumps(history))
+    client.set_registered_model_alias(name, alias, previous)
+    return _result(client.get_model_version(name, previous), moved=True)
+
+
+def promote(
+    client: MlflowClient,
+    experiment: str,
+    run_id: str | None = None,
+    model_name: str = "vae-mnist",
+    alias: str = "champion",
+    force: bool = False,
+    iw_samples: int = 100,
+    data_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Register the chosen run's best checkpoint; move the alias when it beats the champion (or --force)."""
+    search = load_search(client, experiment, with_history=False)
+    trial = _choose(search, run_id)
+    existing = next((v for v in _versions(client, model_name) if v.tags.get("source_run_id") == trial.run_id), None)
+    if existing is not None:  # the same run promoted again: no new version
+        champion = _by_alias(client, model_name, alias)
+        moved = (champion is None or force) and (champion is None or champion.version != existing.version)
+        if moved:
+            _set_alias(client, model_name, alias, existing.version)
+        return _result(client.get_model_version(model_name, existing.version), moved=moved)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(client.download_artifacts(trial.run_id, "checkpoint/best.pt", tmp))
+        except (MlflowException, OSError):
+            raise AnalysisError(f"--run-id: run {trial.run_id} has no checkpoint/best.pt artifact") from None
+        model, config, _ = load_model(local)
+        val = evaluate_checkpoint(local, "val", None, data_dir)
+        test = evaluate_checkpoint(local, "test", iw_samples, data_dir)
+        parent_params = search.parent.data.params
+        tags = {
+            "source_run_id": trial.run_id,
+            "search": experiment,
+            "val_loss": f"{val['loss']:.6f}",
+            "test_loss": f"{test['loss']:.6f}",
+            "iwae_test": f"{test['iwae']:.6f}",
+            "iw_samples": str(iw_samples),
+            "latent": str(config.latent),
+            "config": json.dumps(config.to_dict()),
+            **{k: v for k, v in parent_params.items() if k.startswith("md5_")},
+        }
+        (Path(tmp) / "vae").mkdir()
+        (Path(tmp) / "vae" / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        local.rename(Path(tmp) / "vae" / "checkpoint.pt")
+        mlflow.set_tracking_uri(client.tracking_uri)
+        with mlflow.start_run(
+            experiment_id=search.experiment_id,
+            run_name=f"promote-{trial.name}",
+            tags={"kind": "promotion", "source_run_id": trial.run_id},
+        ):
+            mlflow.log_artifacts(str(Path(tmp) / "vae"), "vae")
+            info = mlflow.pytorch.log_model(
+                Generator(model).eval(),
+                name="generator",
+                input_example=np.zeros((16, config.latent), dtype=np.float32),  # batch > 1 keeps it dynamic
+                registered_model_name=model_name,
+            )
+            checkpoint_uri = f"{mlflow.get_artifact_uri('vae')}/checkpoint.pt"
+    version = str(info.registered_model_version)
+    for key, value in {**tags, "checkpoint_uri": checkpoint_uri}.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    champion = _by_alias(client, model_name, alias)
+    beats = champion is None or val["loss"] < float(champion.tags.get("val_loss", "inf"))
+    if beats or force:
+        _set_alias(client, model_name, alias, version)
+    return _result(client.get_model_version(model_name, version), moved=beats or force)

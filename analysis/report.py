@@ -1,0 +1,168 @@
+"""`vaesearch report`: the seed's tables, curves and samples for one search, from MLflow alone.
+
+Writes report.md and PNGs into a folder and logs them to the search's parent run.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from analysis.runs import Search, Trial, load_search  # noqa: E402
+from vae.loss import PER_BATCH  # noqa: E402
+
+# The seed's validation losses (sums over a batch of 64), by (hidden, decoder, latent).
+SEED: dict[tuple[int, int, int], list[tuple[str, float]]] = {}
+for _h, _v in ((64, 9309.64), (128, 9101.28), (256, 9178.56)):
+    SEED.setdefault((_h, 1, 2), []).append(("Table 1", _v))
+for _d, _v in enumerate((9101.28, 9142.16, 9094.46, 9395.92, 9158.79, 9093.10), start=1):
+    SEED.setdefault((128, _d, 2), []).append(("Table 2", _v))
+for _z, _v in ((2, 8989.65), (5, 6954.74), (10, 6035.80), (20, 5939.02)):
+    SEED.setdefault((128, 6, _z), []).append(("Table 3", _v))
+
+GROUPS = (("hidden", "hidden size H"), ("decoder", "decoder id"), ("latent", "latent size Z"))
+
+
+def seed_figures(key: tuple[int, int, int]) -> str:
+    entries = SEED.get(key, [])
+    return "; ".join(f"{label}: {value:.2f} ({value / PER_BATCH:.2f}/img)" for label, value in entries) or "-"
+
+
+def best_by(trials: list[Trial], param: str) -> dict[int, Trial]:
+    """The best rankable trial for each value of one parameter."""
+    out: dict[int, Trial] = {}
+    for t in trials:
+        if not t.rankable:
+            continue
+        value = int(t.params[param])
+        if value not in out or t.best_val_loss < out[value].best_val_loss:
+            out[value] = t
+    return dict(sorted(out.items()))
+
+
+def _row(value: int, t: Trial) -> str:
+    best = next((r for r in t.history if r["epoch"] == t.best_epoch), {})
+    config = ", ".join(f"{k}={t.params[k]}" for k in sorted(t.params))
+    train = best.get("train_loss", math.nan)
+    return (
+        f"| {value} | {config} | {t.best_epoch} / {t.epochs} | {t.best_val_loss:.2f} | "
+        f"{t.best_val_loss * PER_BATCH:.2f} | {train * PER_BATCH:.2f} | {t.end_state} | {seed_figures(t.key)} |"
+    )
+
+
+def table(trials: list[Trial], param: str, title: str) -> list[str]:
+    lines = [
+        f"### By {title}",
+        "",
+        f"| {param} | config of the best trial | best epoch / epochs | val loss (nats/img) | val loss per 64 "
+        "| train loss per 64 (best epoch) | end | seed (val, per 64) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [_row(v, t) for v, t in best_by(trials, param).items()]
+    return lines + [""]
+
+
+def curves(trials: list[Trial], param: str, title: str, path: Path) -> Path:
+    """Validation loss and KL per epoch for each group's best trial."""
+    fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    for value, t in best_by(trials, param).items():
+        epochs = [r["epoch"] for r in t.history]
+        ax_loss.plot(epochs, [r.get("val_loss", math.nan) for r in t.history], marker="o", label=f"{param}={value}")
+        ax_kl.plot(epochs, [r.get("val_kl", math.nan) for r in t.history], marker="o", label=f"{param}={value}")
+    ax_loss.set(title=f"validation loss by {title}", xlabel="epoch", ylabel="nats per image")
+    ax_kl.set(title=f"validation KL by {title}", xlabel="epoch", ylabel="nats per image")
+    ax_loss.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def asha_savings(search: Search) -> tuple[int, int, int]:
+    """(epochs trained, epochs replayed for duplicates, epochs had every trial run to max_epochs)."""
+    max_epochs = int(search.config.get("budget", {}).get("max_epochs", 0))
+    trained = sum(t.epochs for t in search.trials if not t.duplicate_of)
+    replayed = sum(t.epochs for t in search.trials if t.duplicate_of)
+    return trained, replayed, max_epochs * len(search.trials)
+
+
+def _best_samples(client: MlflowClient, best: Trial, out: Path) -> list[str]:
+    """The best run's latest prior-sample grid (and manifold grid for Z=2), copied next to the report."""
+    names = sorted(a.path for a in client.list_artifacts(best.run_id, "samples"))
+    written = []
+    for kind in ("samples", "manifold"):
+        latest = [n for n in names if n.endswith(f"_{kind}.png")]
+        if latest:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = client.download_artifacts(best.run_id, latest[-1], tmp)
+                shutil.copy(local, out / f"best_{kind}.png")
+            written.append(f"best_{kind}.png")
+    return written
+
+
+def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
+    """report.md and its PNGs in `out`, also logged to the parent run under report/."""
+    search = load_search(client, experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    best = search.best()
+    states: dict[str, int] = {}
+    for t in search.trials:
+        states[t.end_state] = states.get(t.end_state, 0) + 1
+    lines = [
+        f"# Search `{experiment}`",
+        "",
+        f"Parent run `{search.parent.info.run_id}`; {len(search.trials)} trials: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        + ".",
+        "",
+        "Losses are the negative ELBO on the validation split, in nats per image and, as the seed reports "
+        f"them, summed over a batch of {PER_BATCH}. The best run is the one with the lowest validation loss "
+        "of any trial at any epoch (the seed's criterion); failed trials and replays of duplicates are left out "
+        "of every ranking.",
+        "",
+    ]
+    if best is None:
+        lines += ["No trial finished with a finite loss.", ""]
+    else:
+        config = ", ".join(f"{k}={v}" for k, v in sorted(best.params.items()))
+        lines += [
+            "## Best run",
+            "",
+            f"Run `{best.run_id}` ({best.name}): {config}; val loss {best.best_val_loss:.2f} nats/img "
+            f"({best.best_val_loss * PER_BATCH:.2f} per {PER_BATCH}) at epoch {best.best_epoch} of {best.epochs}. "
+            f"Seed: {seed_figures(best.key)}.",
+            "",
+        ]
+        lines += [f"![{name}]({name})" for name in _best_samples(client, best, out)] + [""]
+    lines += ["## Tables in the seed's shape", ""]
+    for param, title in GROUPS:
+        lines += table(search.trials, param, title)
+    lines += ["## Curves", ""]
+    for param, title in GROUPS:
+        name = f"curves_{param}.png"
+        curves(search.trials, param, title, out / name)
+        lines += [f"![{title}]({name})", ""]
+    trained, replayed, fifo = asha_savings(search)
+    if fifo:
+        lines += [
+            "## What ASHA saved",
+            "",
+            f"Trials trained {trained} epochs (and replayed {replayed} for duplicate configs) where training every "
+            f"trial to max_epochs would take {fifo}: {100 * (1 - trained / fifo):.0f}% of the epochs saved "
+            "(ASHA's stops, early stopping and duplicate replays together).",
+            "",
+        ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    for path in sorted(out.iterdir()):
+        if path.suffix in (".md", ".png"):
+            client.log_artifact(search.parent.info.run_id, str(path), "report")
+    return report

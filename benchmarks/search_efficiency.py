@@ -1,0 +1,157 @@
+"""What ASHA saves: one fixed list of configs trained with ASHA and with FIFO (every trial to max_epochs).
+
+Prints the epochs each trained, both best validation losses, and the per-trial
+overhead of the search machinery: trial start to first batch, and the time a
+trial waits on MLflow logging as a share of its epoch time. Both runs use the
+real trainable, a real local Ray and a real MLflow server over HTTP.
+
+    python benchmarks/search_efficiency.py [--configs 12] [--max-epochs 9] [--subset 5000] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from mlflow_server import server
+from search.callbacks import TrackingCallback
+from search.config import validate
+from search.tracking import Tracker
+from search.trainable import train_trial
+from search.tuner import ray_init, settings_for
+from vae import data
+
+SPACE = {"hidden": [32, 64, 128, 256], "decoder": [1, 2, 3, 5, 6], "latent": [2, 5, 10, 20]}
+
+
+def fixed_configs(n: int, seed: int) -> list[dict]:
+    """n distinct configs drawn once from SPACE, the same list for both schedulers."""
+    rng = random.Random(seed)
+    every = [
+        {"hidden": h, "decoder": d, "latent": z}
+        for h in SPACE["hidden"]
+        for d in SPACE["decoder"]
+        for z in SPACE["latent"]
+    ]
+    return rng.sample(every, n)
+
+
+def run(label: str, scheduler, configs: list[dict], settings: dict, storage: Path, concurrent: int) -> list[dict]:
+    def trial(config: dict, settings: dict) -> None:
+        train_trial(config["point"], settings)
+
+    tracker = Tracker(settings["tracking_uri"])
+    exp = tracker.experiment_id(f"bench-{label}-{int(time.time())}")
+    parent = tracker.start_parent(exp, label, params={"configs": json.dumps(configs)}, tags={})
+    settings = {**settings, "experiment_id": exp, "parent_run_id": parent}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial, settings=settings), {"cpu": settings["cpus"]}),
+        param_space={"point": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name=label,
+            storage_path=str(storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[TrackingCallback(settings["tracking_uri"], exp, parent)],
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    if grid.errors:
+        raise SystemExit(f"{label}: {len(grid.errors)} trial(s) failed: {grid.errors[0]}")
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        rows.append(
+            {
+                "config": result.config["point"],
+                "epochs": int(history["epoch"].max()),
+                "best_val_loss": float(history["best_val_loss"].min()),
+                "setup_seconds": float(history["setup_seconds"].dropna().iloc[0]),
+                "log_seconds": float(history["log_seconds"].sum()),
+                "epoch_seconds": float(history["epoch_seconds"].sum()),
+            }
+        )
+    tracker.finish(parent)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", type=int, default=12)
+    parser.add_argument("--max-epochs", type=int, default=9)
+    parser.add_argument("--subset", type=int, default=5000)
+    parser.add_argument("--val-subset", type=int, default=2000)
+    parser.add_argument("--reduction-factor", type=float, default=3)
+    parser.add_argument("--concurrent", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="a tiny size, so that a test runs it")
+    args = parser.parse_args()
+    if args.smoke:
+        args.configs, args.max_epochs, args.subset, args.val_subset, args.reduction_factor = 3, 2, 256, 128, 2
+
+    configs = fixed_configs(args.configs, args.seed)
+    work = Path(tempfile.mkdtemp(prefix="vaesearch-bench-"))
+    data_dir = data.default_data_dir()
+    data.prepare(data_dir, log=lambda m: None)
+    info = server.start(work / "mlflow", port=server.free_port())
+    try:
+        cfg = validate(
+            {
+                "name": "bench",
+                "space": {k: sorted(v) for k, v in SPACE.items()},
+                "budget": {"num_samples": args.configs, "max_epochs": args.max_epochs},
+                "train": {"precision": "bf16", "patience": args.max_epochs},
+                "data": {"subset": args.subset, "val_subset": args.val_subset},
+                "tracking": {"samples_every": args.max_epochs},
+            }
+        )
+        settings = settings_for(cfg, info.url, "", "", data_dir)
+        ray_init(None, log=lambda m: None)
+        asha = ASHAScheduler(
+            time_attr="epoch",
+            metric="best_val_loss",
+            mode="min",
+            max_t=args.max_epochs,
+            grace_period=1,
+            reduction_factor=args.reduction_factor,
+        )
+        results = {
+            "asha": run("asha", asha, configs, settings, work / "ray", args.concurrent),
+            "fifo": run("fifo", FIFOScheduler(), configs, settings, work / "ray", args.concurrent),
+        }
+    finally:
+        server.stop(work / "mlflow")
+
+    summary = {"configs": args.configs, "max_epochs": args.max_epochs, "subset": args.subset}
+    for label, rows in results.items():
+        summary[label] = {
+            "epochs": sum(r["epochs"] for r in rows),
+            "epochs_per_trial": [r["epochs"] for r in rows],
+            "best_val_loss": min(r["best_val_loss"] for r in rows),
+        }
+    every = results["asha"] + results["fifo"]
+    summary["epoch_share"] = summary["asha"]["epochs"] / summary["fifo"]["epochs"]
+    summary["best_gap"] = summary["asha"]["best_val_loss"] / summary["fifo"]["best_val_loss"] - 1
+    summary["setup_seconds_max"] = max(r["setup_seconds"] for r in every)
+    summary["setup_seconds_median"] = sorted(r["setup_seconds"] for r in every)[len(every) // 2]
+    summary["log_share"] = sum(r["log_seconds"] for r in every) / sum(r["epoch_seconds"] for r in every)
+    print(
+        f"ASHA trained {summary['asha']['epochs']} epochs, FIFO {summary['fifo']['epochs']} "
+        f"({100 * summary['epoch_share']:.0f}%); best val loss ASHA {summary['asha']['best_val_loss']:.2f}, "
+        f"FIFO {summary['fifo']['best_val_loss']:.2f} ({100 * summary['best_gap']:+.2f}%); "
+        f"trial start to first batch: median {summary['setup_seconds_median']:.2f} s, "
+        f"max {summary['setup_seconds_max']:.2f} s; MLflow logging {100 * summary['log_share']:.2f}% of epoch time"
+    )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

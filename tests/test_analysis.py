@@ -1,0 +1,167 @@
+"""Report, promote and sample against a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from analysis.report import write_report
+from tests.conftest import assert_one_line_error, promote, run_cli, search, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _fake_search(client: MlflowClient, name: str, trials: list[dict]) -> dict[str, str]:
+    """A parent and child runs with known metric histories, as the search writes them."""
+    exp = client.create_experiment(name)
+    config = {"budget": {"num_samples": len(trials), "max_epochs": 4}}
+    parent = client.create_run(exp, run_name=name, tags={"kind": "search", "vaesearch.search": name})
+    client.log_batch(parent.info.run_id, params=[Param("config", json.dumps(config))])
+    ids = {}
+    for t in trials:
+        tags = {"mlflow.parentRunId": parent.info.run_id, "end_state": t["end"], **t.get("tags", {})}
+        run = client.create_run(exp, run_name=t["name"], tags=tags)
+        params = [Param(k, str(t[k])) for k in ("hidden", "decoder", "latent")]
+        now = int(time.time() * 1000)
+        metrics = []
+        best = float("inf")
+        for epoch, (val, train, kl) in enumerate(t["curve"], start=1):
+            best = min(best, val)
+            for key, value in (("val_loss", val), ("train_loss", train), ("val_kl", kl), ("best_val_loss", best)):
+                metrics.append(Metric(key, value, now, epoch))
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        ids[t["name"]] = run.info.run_id
+    return ids
+
+
+def test_report_tables_match_known_metric_values(mlflow_url: str, tmp_path: Path) -> None:
+    client = MlflowClient(mlflow_url)
+    ids = _fake_search(
+        client,
+        "known",
+        [
+            {"name": "a", "hidden": 128, "decoder": 6, "latent": 2, "end": "completed",
+             "curve": [(150.0, 160.0, 3.0), (140.0, 145.0, 4.0), (141.0, 144.0, 4.5), (142.0, 143.0, 5.0)]},
+            {"name": "b", "hidden": 64, "decoder": 1, "latent": 2, "end": "pruned", "curve": [(170.0, 180.0, 2.0)]},
+            {"name": "c", "hidden": 128, "decoder": 1, "latent": 5, "end": "completed",
+             "curve": [(160.0, 170.0, 6.0), (130.0, 150.0, 7.0), (135.0, 140.0, 8.0), (136.0, 139.0, 8.0)]},
+            {"name": "nan", "hidden": 64, "decoder": 6, "latent": 2, "end": "failed", "curve": [(100.0, 90.0, 1.0)]},
+            {"name": "dup", "hidden": 128, "decoder": 6, "latent": 2, "end": "completed",
+             "tags": {"duplicate_of": "x"}, "curve": [(120.0, 120.0, 1.0)]},
+        ],
+    )  # fmt: skip
+    report = write_report(client, "known", tmp_path).read_text()
+    assert f"Run `{ids['c']}` (c)" in report  # lowest loss at any epoch: 130 at epoch 2; failed and replay left out
+    assert "130.00 nats/img (8320.00 per 64) at epoch 2 of 4" in report
+    # by hidden size: H=128's best is c (130.00), H=64's is the pruned b (the failed trial is out)
+    assert "| 128 | decoder=1, hidden=128, latent=5 | 2 / 4 | 130.00 | 8320.00 | 9600.00 | completed | - |" in report
+    assert (
+        "| 64 | decoder=1, hidden=64, latent=2 | 1 / 1 | 170.00 | 10880.00 | 11520.00 | pruned | Table 1: 9309.64"
+        in report
+    )
+    # by decoder: decoder 6's best is a, with both seed figures for H=128, decoder 6, Z=2
+    row6 = next(line for line in report.splitlines() if line.startswith("| 6 |"))
+    assert "140.00 | 8960.00" in row6 and "Table 2: 9093.10" in row6 and "Table 3: 8989.65" in row6
+    assert "| 5 | decoder=1, hidden=128, latent=5 |" in report
+    # 4 trained trials of 4+1+4+1 epochs (the duplicate replayed 1) against 5 x 4 = 20
+    assert "Trials trained 10 epochs (and replayed 1" in report and "would take 20: 50%" in report
+    for png in ("curves_hidden.png", "curves_decoder.png", "curves_latent.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("known").experiment_id])
+                  if r.data.tags.get("kind") == "search")  # fmt: skip
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: Path) -> None:
+    proc = run_cli("report", "--experiment", "e2e", "--tracking-uri", mlflow_url, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "report.md").read_text()
+    assert finished["summary"]["best_run_id"] in text
+    assert (tmp_path / "best_samples.png").exists() and (tmp_path / "best_manifold.png").exists()
+
+
+def test_promote_points_the_alias_at_the_best_run(promoted: dict, finished: dict, mlflow_url: str) -> None:
+    assert promoted["run_id"] == finished["summary"]["best_run_id"]
+    assert promoted["alias_moved"] and promoted["iw_samples"] == 2
+    assert promoted["iwae_test"] <= promoted["test_loss"] + 1.0
+    client = MlflowClient(mlflow_url)
+    version = client.get_model_version_by_alias("vae-mnist", "champion")
+    assert int(version.version) == promoted["version"]
+    assert version.tags["source_run_id"] == promoted["run_id"] and version.tags["search"] == "e2e"
+    assert "md5_train-images-idx3-ubyte" in version.tags and json.loads(version.tags["config"])["latent"] == 2
+
+
+def test_promote_again_is_a_no_op(promoted: dict, mlflow_url: str) -> None:
+    again = promote(mlflow_url)
+    assert again["version"] == promoted["version"] and not again["alias_moved"]
+    assert len(MlflowClient(mlflow_url).search_model_versions("name = 'vae-mnist'")) == promoted["version"]
+
+
+def test_a_worse_model_takes_the_alias_only_with_force_and_rollback_undoes_it(
+    promoted: dict, finished: dict, mlflow_url: str
+) -> None:
+    client = MlflowClient(mlflow_url)
+    exp = client.get_experiment_by_name("e2e").experiment_id
+    runs = client.search_runs([exp], "tags.ray_trial_id != ''")
+    trained = [r for r in runs if "duplicate_of" not in r.data.tags]
+    worst = max(trained, key=lambda r: r.data.metrics["best_val_loss"])
+    assert worst.info.run_id != promoted["run_id"], "two configs were trained, so one is worse"
+    worse = promote(mlflow_url, "--run-id", worst.info.run_id)
+    assert worse["version"] != promoted["version"] and not worse["alias_moved"]
+    assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(promoted["version"])
+    forced = promote(mlflow_url, "--run-id", worst.info.run_id, "--force")
+    assert forced["version"] == worse["version"] and forced["alias_moved"]
+    assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(worse["version"])
+    back = promote(mlflow_url, "--rollback")
+    assert back["version"] == promoted["version"]
+    assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(promoted["version"])
+
+
+@pytest.mark.parametrize("mode", ["grid", "random"])
+def test_sample_draws_a_10x10_grid_of_digits(promoted: dict, mlflow_url: str, tmp_path: Path, mode: str) -> None:
+    out = tmp_path / f"{mode}.png"
+    proc = run_cli("sample", "--tracking-uri", mlflow_url, "--out", str(out), "--mode", mode)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = matplotlib.image.imread(out)
+    assert image.shape[:2] == (280, 280)
+    gray = image[..., 0]
+    assert gray.std() > 0.05 and gray.max() - gray.min() > 0.5  # strokes on a background, not a blank page
+
+
+def test_the_registered_model_loads_as_the_readme_says(promoted: dict, mlflow_url: str) -> None:
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(mlflow_url)
+    generator = mlflow.pytorch.load_model("models:/vae-mnist@champion")
+    images = generator(torch.randn(7, 2))
+    assert images.shape == (7, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+
+
+def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "z5.yaml",
+        space={"hidden": [8], "decoder": [6], "latent": [5]},
+        budget={"num_samples": 1, "max_epochs": 1, "max_concurrent": 1},
+    )
+    assert search(config, "z5", mlflow_url, tmp_path / "ray").returncode == 0
+    proc = run_cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--iw-samples", "1",
+                   "--model-name", "vae-z5")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "g.png"
+    proc = run_cli("sample", "--tracking-uri", mlflow_url, "--model-uri", "models:/vae-z5@champion", "--out", str(out),
+                   "--mode", "grid")  # fmt: skip
+    assert_one_line_error(proc, "--mode", "Z=2")
+    assert not out.exists()
+    proc = run_cli("sample", "--tracking-uri", mlflow_url, "--model-uri", "models:/nope@champion", "--out", str(out))
+    assert_one_line_error(proc, "--model-uri")
+    proc = run_cli("report", "--experiment", "no-such-search", "--tracking-uri", mlflow_url)
+    assert_one_line_error(proc, "--experiment", "no-such-search")
+    proc = run_cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--run-id", "0" * 32)
+    assert_one_line_error(proc, "--run-id")

@@ -1,0 +1,207 @@
+"""Faults survived on tiny configs: a killed worker, a killed driver, a vanished tracking server, two nodes.
+
+Each test bounds its own time and cleans up the processes it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_server import server
+from tests.conftest import REPO, assert_one_line_error, run_cli, search, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def start_search(config: Path, name: str, url: str, storage: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", name,
+           "--tracking-uri", url, "--storage-path", str(storage), *extra]  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the search ended (status {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def runs_of(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def steps(client: MlflowClient, run_id: str, key: str = "val_loss") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def trial_workers() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_without_gaps(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [16], "decoder": [1], "latent": [2]},
+        budget={"num_samples": 1, "max_epochs": 5, "max_concurrent": 1},
+        data={"subset": 6000, "val_subset": 256},
+    )
+    proc = start_search(config, "worker-kill", mlflow_url, tmp_path / "ray")
+    client = MlflowClient(mlflow_url)
+    try:
+        child = wait_until(
+            lambda: next((r for r in runs_of(client, "worker-kill") if "ray_trial_id" in r.data.tags
+                          and len(steps(client, r.info.run_id)) >= 2), None),
+            240, "two epochs", proc,
+        )  # fmt: skip
+        victims = trial_workers()
+        assert victims, "no trial worker process found"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    assert proc.returncode == 0, err[-3000:]
+    kids = [r for r in runs_of(client, "worker-kill") if "ray_trial_id" in r.data.tags]
+    assert len(kids) == 1 and kids[0].info.run_id == child.info.run_id  # the retry continued its own run
+    assert kids[0].data.tags["end_state"] == "completed"
+    for key in ("val_loss", "train_loss", "best_val_loss", "epoch_seconds"):
+        assert steps(client, child.info.run_id, key) == [1, 2, 3, 4, 5], key  # no gap, no duplicate
+
+
+def test_a_killed_driver_resumes_to_exactly_num_samples(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16, 24], "decoder": [1, 6], "latent": [2, 3]},
+        budget={"num_samples": 4, "max_epochs": 3, "max_concurrent": 1},
+        asha={"grace_period": 3, "reduction_factor": 2},
+        data={"subset": 1024, "val_subset": 128},
+    )
+    proc = start_search(config, "driver-kill", mlflow_url, tmp_path / "ray")
+    client = MlflowClient(mlflow_url)
+    try:
+        wait_until(
+            lambda: sum("end_state" in r.data.tags for r in runs_of(client, "driver-kill")) >= 1
+            and len(runs_of(client, "driver-kill")) >= 3,
+            300, "one finished trial and another under way", proc,
+        )  # fmt: skip
+        ended = [r for r in runs_of(client, "driver-kill") if "end_state" in r.data.tags]
+        finished = {r.info.run_id: steps(client, r.info.run_id) for r in ended}
+    finally:
+        kill_group(proc)  # SIGKILL to the driver and the local Ray it started
+    again = search(config, "driver-kill", mlflow_url, tmp_path / "ray", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = runs_of(client, "driver-kill")
+    parents = [r for r in runs if r.data.tags.get("kind") == "search"]
+    kids = [r for r in runs if "ray_trial_id" in r.data.tags]
+    assert len(parents) == 1
+    assert len(kids) == 4 and len({r.data.tags["ray_trial_id"] for r in kids}) == 4
+    assert all(r.data.tags.get("end_state") in {"completed", "early_stopped", "pruned"} for r in kids)
+    for run_id, before in finished.items():
+        if run_id in {r.info.run_id for r in kids}:
+            assert steps(client, run_id) == before  # not trained again
+
+
+def test_the_tracking_server_gone_for_a_minute_loses_nothing(tmp_path: Path) -> None:
+    folder, port = tmp_path / "srv", server.free_port()
+    info = server.start(folder, port=port)
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16], "decoder": [1], "latent": [2]},
+        budget={"num_samples": 2, "max_epochs": 6, "max_concurrent": 1},
+        asha={"grace_period": 6, "reduction_factor": 2},
+        data={"subset": 2048, "val_subset": 128},
+        tracking={"samples_every": 2},
+    )
+    proc = start_search(config, "outage", info.url, tmp_path / "ray")
+    client = MlflowClient(info.url)
+    try:
+        wait_until(lambda: any(steps(client, r.info.run_id) for r in runs_of(client, "outage")
+                               if "ray_trial_id" in r.data.tags), 240, "a first epoch", proc)  # fmt: skip
+        server.stop(folder)
+        time.sleep(65)  # longer than one request's own retries
+        assert proc.poll() is None, "the search died while the server was away"
+        server.start(folder, port=port)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    try:
+        assert proc.returncode == 0, err[-3000:]
+        kids = [r for r in runs_of(client, "outage") if "ray_trial_id" in r.data.tags]
+        assert len(kids) == 2
+        for run in kids:
+            assert run.data.tags["end_state"] == "completed"
+            for key in ("val_loss", "train_loss", "best_val_loss", "val_kl"):
+                assert steps(client, run.info.run_id, key) == [1, 2, 3, 4, 5, 6], key
+    finally:
+        server.stop(folder)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path):
+    """`ray start --head` and a second `ray start --address`, one CPU each, on this machine."""
+    port = server.free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common]
+    subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        worker = [ray, "start", "--address", f"127.0.0.1:{port}", *common]
+        subprocess.run(worker, check=True, env=env, capture_output=True, timeout=120)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_search_runs_trials_on_both_nodes_of_a_two_node_cluster(two_nodes, mlflow_url: str, tmp_path: Path) -> None:
+    address, env = two_nodes
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16, 24, 32], "decoder": [1], "latent": [2]},
+        budget={"num_samples": 4, "max_epochs": 2, "max_concurrent": 2},
+        data={"subset": 2048, "val_subset": 128},
+    )
+    proc = run_cli("search", "--config", str(config), "--name", "two-nodes", "--address", address,
+                   "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray"), env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 node(s)" in proc.stdout
+    kids = [r for r in runs_of(MlflowClient(mlflow_url), "two-nodes") if "ray_trial_id" in r.data.tags]
+    assert len(kids) == 4
+    assert len({r.data.tags["ray_node_id"] for r in kids}) == 2, [r.data.tags["ray_node_id"] for r in kids]
+
+
+def test_an_unreachable_ray_address_is_refused_before_anything_is_written(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml")
+    nowhere = f"127.0.0.1:{server.free_port()}"
+    proc = run_cli("search", "--config", str(config), "--name", "no-ray", "--address", nowhere,
+                   "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray"), timeout=180)  # fmt: skip
+    assert_one_line_error(proc, "--address")
+    assert MlflowClient(mlflow_url).get_experiment_by_name("no-ray") is None
+    assert not (tmp_path / "ray" / "no-ray").exists()

@@ -1,0 +1,114 @@
+"""`vaesearch server`: start, status, stop, the loopback rule, and PostgreSQL as the store."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_server import server
+from tests.conftest import assert_one_line_error, run_cli, search, write_config
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+def test_start_status_stop(tmp_path: Path) -> None:
+    port = str(server.free_port())
+    folder = ["--data-folder", str(tmp_path / "srv")]
+    started = run_cli("server", "start", "--port", port, *folder)
+    assert started.returncode == 0, started.stderr
+    try:
+        status = run_cli("server", "status", *folder)
+        assert status.returncode == 0 and f"127.0.0.1:{port} healthy" in status.stdout
+        assert "sqlite:///" in status.stdout and str(tmp_path / "srv") in status.stdout
+        info = server.read_info(tmp_path / "srv")
+        again = run_cli("server", "start", "--port", port, *folder)  # reuses, does not start a second
+        assert again.returncode == 0 and f"pid {info.pid}" in again.stdout
+        taken = run_cli("server", "start", "--port", port, "--data-folder", str(tmp_path / "other"))
+        assert_one_line_error(taken, "--port", port, "taken")
+    finally:
+        stopped = run_cli("server", "stop", *folder)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not server.health(f"http://127.0.0.1:{port}")
+    with pytest.raises(ProcessLookupError):
+        os.killpg(info.pid, 0)  # the whole group, workers included, is gone
+    none = run_cli("server", "stop", *folder)
+    assert none.returncode == 0 and "no server running" in none.stdout
+
+
+def test_a_non_loopback_bind_is_refused_without_auth_or_insecure(tmp_path: Path) -> None:
+    proc = run_cli("server", "start", "--host", "0.0.0.0", "--port", str(server.free_port()),
+                   "--data-folder", str(tmp_path / "srv"))  # fmt: skip
+    assert_one_line_error(proc, "--host", "--insecure", "--auth")
+    assert not (tmp_path / "srv").exists()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    proc = run_cli("server", "start", "--host", "0.0.0.0", "--auth", "--port", str(server.free_port()),
+                   "--data-folder", str(tmp_path / "srv"), env=env)  # fmt: skip
+    assert_one_line_error(proc, "MLFLOW_AUTH_ADMIN_PASSWORD")
+
+
+def test_basic_auth_server_needs_credentials(tmp_path: Path) -> None:
+    port = server.free_port()
+    folder = tmp_path / "srv"
+    password = uuid.uuid4().hex
+    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
+    try:
+        info = server.start(folder, host="127.0.0.1", port=port, auth=True)
+    finally:
+        del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    try:
+        assert (folder / "basic_auth.db").exists()  # at an absolute path in the data folder
+        assert password not in (folder / "basic_auth.ini").read_text()
+        with pytest.raises(Exception, match="401|Unauthorized|credentials"):
+            MlflowClient(info.url).search_experiments()
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password)
+        try:
+            assert MlflowClient(info.url).search_experiments() is not None
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    finally:
+        server.stop(folder)
+
+
+@pytest.fixture
+def pg_database():
+    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(f"{PG}/test", connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL does not answer on 127.0.0.1:5432 under CI: {e}")
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({str(e).strip()})")
+    name = f"vaesearch_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    yield f"{PG}/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.mark.slow
+def test_a_search_logs_to_a_server_on_postgresql(pg_database: str, tmp_path: Path) -> None:
+    folder = tmp_path / "srv"
+    info = server.start(folder, backend_store_uri=pg_database, port=server.free_port())
+    try:
+        config = write_config(tmp_path / "pg.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2})
+        proc = search(config, "pg", info.url, tmp_path / "ray")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        client = MlflowClient(info.url)
+        runs = client.search_runs([client.get_experiment_by_name("pg").experiment_id])
+        assert len(runs) == 3  # the parent and two trials
+        kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert all(len(client.get_metric_history(r.info.run_id, "val_loss")) == 1 for r in kids)
+    finally:
+        server.stop(folder)
+    import psycopg
+
+    with psycopg.connect(pg_database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs")
+        assert cur.fetchone()[0] == 3  # the rows are in PostgreSQL, not in a SQLite file

@@ -1,0 +1,83 @@
+"""The MLflow UI in a real headless Chromium: the experiment, its nested trials, the registered model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+OUTPUT = Path(os.environ.get("VAESEARCH_TEST_OUTPUT", REPO / "test-output"))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and DRIVER.exists()),
+        reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+    ),
+]
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        body = driver.find_element("tag name", "body").text
+        if all(t in body for t in texts):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"{texts} not on the page; it shows: {body[:1500]}")
+
+
+def test_ui_shows_the_search_its_trials_and_the_champion(browser, promoted: dict, mlflow_url: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(mlflow_url)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("kind") == "search")
+    child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+
+    browser.get(f"{mlflow_url}/#/experiments")
+    wait_for_text(browser, "e2e")
+    browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs")
+    # the table lists the parent (children fold under it) and counts every run of the experiment
+    wait_for_text(browser, "Training runs", parent.info.run_name, f"{len(runs)} matching runs")
+    browser.save_screenshot(str(OUTPUT / "ui-experiment.png"))
+
+    browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}")
+    wait_for_text(browser, child.info.run_name, "Parent run", "end_state", child.data.tags["ray_trial_id"])
+    browser.save_screenshot(str(OUTPUT / "ui-trial.png"))
+
+    browser.get(f"{mlflow_url}/#/models/vae-mnist")
+    wait_for_text(browser, "vae-mnist", "champion")
+    browser.save_screenshot(str(OUTPUT / "ui-model.png"))
+    assert (OUTPUT / "ui-model.png").stat().st_size > 10_000
