@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -89,8 +90,24 @@ def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, paren
     }
 
 
+def _probe(address: str) -> None:
+    """Refuse at once an address where nothing listens (ray.init would wait for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"--address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise SearchError(f"--address: no Ray cluster answers at {address} ({e.strerror or e})") from None
+
+
 def ray_init(address: str | None, log: Callable[[str], None]) -> None:
     import ray
+
+    if address is not None:
+        _probe(address)
 
     # Ray 2.60 turns token auth on by itself when a token file exists; say what we want.
     if address is None:

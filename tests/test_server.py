@@ -112,3 +112,38 @@ def test_a_search_logs_to_a_server_on_postgresql(pg_database: str, tmp_path: Pat
     with psycopg.connect(pg_database) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs")
         assert cur.fetchone()[0] == 3  # the rows are in PostgreSQL, not in a SQLite file
+
+
+@pytest.mark.slow
+def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(pg_database: str, tmp_path: Path) -> None:
+    folder = tmp_path / "srv"
+    info = server.start(folder, backend_store_uri=pg_database, port=server.free_port())
+    try:
+        config = write_config(
+            tmp_path / "eight.yaml",
+            space={"hidden": [8, 16, 24, 32], "decoder": [1], "latent": [2, 3]},
+            budget={"num_samples": 8, "max_epochs": 2, "max_concurrent": 8},
+            asha={"grace_period": 2, "reduction_factor": 2},  # no stops: every trial reports both epochs
+            resources={"cpus": 0.25},
+            data={"subset": 256, "val_subset": 128},
+        )
+        proc = search(config, "eight", info.url, tmp_path / "ray")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        server.stop(folder)
+    import psycopg
+
+    from vae.train import METRICS
+
+    with psycopg.connect(pg_database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT run_uuid FROM tags WHERE key = 'ray_trial_id'")
+        kids = [row[0] for row in cur.fetchall()]
+        assert len(kids) == 8
+        cur.execute(
+            "SELECT run_uuid, key, step, count(*) FROM metrics WHERE run_uuid = ANY(%s) GROUP BY 1, 2, 3", (kids,)
+        )
+        points = cur.fetchall()
+    assert all(n == 1 for *_, n in points)  # none twice
+    assert {(run, key, step) for run, key, step, _ in points} == {
+        (r, k, s) for r in kids for k in METRICS for s in (1, 2)
+    }
