@@ -226,10 +226,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vae.checkpoint import CheckpointError
     from vae.commands import evaluate_checkpoint
 
     device = _device(args.device)
-    result = evaluate_checkpoint(args.checkpoint, args.split, args.iw_samples, args.data_dir, device)
+    try:
+        result = evaluate_checkpoint(args.checkpoint, args.split, args.iw_samples, args.data_dir, device)
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint: {e}") from None
     print(json.dumps(result))
     return 0
 

@@ -22,8 +22,10 @@ pytestmark = pytest.mark.slow
 def children(client: MlflowClient, experiment: str) -> tuple[object, list]:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("kind") == "search"]
     assert len(parents) == 1, [r.info.run_name for r in parents]
+    others = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("kind") != "promotion"]
+    assert others == parents  # nothing else sits at the top but promotions
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     return parents[0], kids
 

