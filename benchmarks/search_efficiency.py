@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
 from mlflow_server import server
 from search.callbacks import TrackingCallback
 from search.config import validate
 from search.tracking import Tracker
 from search.trainable import train_trial
-from search.tuner import ray_init, settings_for
+from search.tuner import asha, ray_init, settings_for
 from vae import data
 
 SPACE = {"hidden": [32, 64, 128, 256], "decoder": [1, 2, 3, 5, 6], "latent": [2, 5, 10, 20]}
@@ -115,16 +115,15 @@ def main() -> None:
         )
         settings = settings_for(cfg, info.url, "", "", data_dir)
         ray_init(None, log=lambda m: None)
-        asha = ASHAScheduler(
-            time_attr="epoch",
-            metric="best_val_loss",
-            mode="min",
-            max_t=args.max_epochs,
-            grace_period=1,
-            reduction_factor=args.reduction_factor,
-        )
         results = {
-            "asha": run("asha", asha, configs, settings, work / "ray", args.concurrent),
+            "asha": run(
+                "asha",
+                asha(args.max_epochs, 1, args.reduction_factor),
+                configs,
+                settings,
+                work / "ray",
+                args.concurrent,
+            ),
             "fifo": run("fifo", FIFOScheduler(), configs, settings, work / "ray", args.concurrent),
         }
     finally:

