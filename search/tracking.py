@@ -31,17 +31,24 @@ PARENT_TAG = "mlflow.parentRunId"
 CONFIG_KEY = "config_key"
 END_STATE, END_REASON = "end_state", "end_reason"
 FINISHED_STATES = ("completed", "early_stopped", "failed")  # what a duplicate may replay
+# How long a write keeps retrying an absent server before it gives up (and is counted lost).
+PATIENCE_S = float(os.environ.get("VAESEARCH_MLFLOW_PATIENCE_S", "600"))
 
 
 class Sender:
-    """A queue of MLflow writes done in order by one thread, each retried until it lands or time runs out."""
+    """A queue of MLflow writes done in order by one thread, each retried until it lands or time runs out.
 
-    def __init__(self, name: str, give_up_after: float = 600.0) -> None:
+    The patience is per outage, not per write: once the server has been away
+    for `give_up_after` seconds, every queued write fails at once until one lands.
+    """
+
+    def __init__(self, name: str, give_up_after: float | None = None) -> None:
         self._queue: queue.Queue[tuple[str, Callable[[], None]]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
-        self.give_up_after = give_up_after
+        self.give_up_after = PATIENCE_S if give_up_after is None else give_up_after
         self.lost: list[str] = []
+        self._down_since: float | None = None
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-{name}", daemon=True)
         self._thread.start()
 
@@ -56,13 +63,16 @@ class Sender:
     def _loop(self) -> None:
         while True:
             what, write = self._queue.get()
-            deadline, delay = time.monotonic() + self.give_up_after, 0.5
+            delay = 0.5
             while True:
                 try:
                     write()
+                    self._down_since = None
                     break
                 except Exception as e:  # the server is slow or gone: back off and retry
-                    if time.monotonic() > deadline:
+                    now = time.monotonic()
+                    self._down_since = self._down_since or now
+                    if now - self._down_since > self.give_up_after:
                         self.lost.append(f"{what}: {type(e).__name__}")
                         break
                     time.sleep(delay)
@@ -71,8 +81,9 @@ class Sender:
                 self._idle.set()
 
 
-def patiently(call: Callable[[], Any], what: str, give_up_after: float = 600.0) -> Any:
+def patiently(call: Callable[[], Any], what: str, give_up_after: float | None = None) -> Any:
     """Call until the server answers (back-off up to 15 s); a trial that starts while it is away waits."""
+    give_up_after = PATIENCE_S if give_up_after is None else give_up_after
     deadline, delay = time.monotonic() + give_up_after, 0.5
     while True:
         try:

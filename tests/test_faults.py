@@ -205,3 +205,32 @@ def test_an_unreachable_ray_address_is_refused_before_anything_is_written(mlflow
     assert_one_line_error(proc, "--address")
     assert MlflowClient(mlflow_url).get_experiment_by_name("no-ray") is None
     assert not (tmp_path / "ray" / "no-ray").exists()
+
+
+def test_a_server_lost_for_good_fails_the_search_with_one_line(tmp_path: Path) -> None:
+    folder, port = tmp_path / "srv", server.free_port()
+    info = server.start(folder, port=port)
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16], "decoder": [1], "latent": [2]},
+        budget={"num_samples": 2, "max_epochs": 3, "max_concurrent": 1},
+        asha={"grace_period": 3, "reduction_factor": 2},
+    )
+    env = {**os.environ, "VAESEARCH_MLFLOW_PATIENCE_S": "15"}  # give up after 15 s, not 10 minutes
+    cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", "lost",
+           "--tracking-uri", info.url, "--storage-path", str(tmp_path / "ray")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    client = MlflowClient(info.url)
+    try:
+        wait_until(lambda: any("ray_trial_id" in r.data.tags for r in runs_of(client, "lost")), 240, "a trial", proc)
+        server.stop(folder)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+        server.stop(folder)
+    assert proc.returncode == 1, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("vaesearch search:")]
+    assert len(ours) == 1 and "failed" in ours[0], err[-3000:]
+    assert "Traceback" not in err.split(ours[0])[-1]

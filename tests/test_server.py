@@ -147,3 +147,32 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(pg_databa
     assert {(run, key, step) for run, key, step, _ in points} == {
         (r, k, s) for r in kids for k in METRICS for s in (1, 2)
     }
+
+
+@pytest.mark.slow
+def test_a_search_on_an_auth_server_hands_trials_credentials_by_environment(tmp_path: Path) -> None:
+    folder, password = tmp_path / "srv", uuid.uuid4().hex
+    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
+    try:
+        info = server.start(folder, port=server.free_port(), auth=True)
+    finally:
+        del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    try:
+        config = write_config(tmp_path / "auth.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2})
+        proc = run_cli("search", "--config", str(config), "--name", "auth", "--tracking-uri", info.url,
+                       "--storage-path", str(tmp_path / "ray"), env=creds)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        os.environ.update(creds)
+        try:
+            client = MlflowClient(info.url)
+            runs = client.search_runs([client.get_experiment_by_name("auth").experiment_id])
+        finally:
+            for key in creds:
+                del os.environ[key]
+        kids = [r for r in runs if "ray_trial_id" in r.data.tags]
+        assert len(kids) == 2 and all(r.data.tags["end_state"] == "completed" for r in kids)
+        for run in runs:  # the password is in no param and no tag
+            assert password not in repr(run.data.params) and password not in repr(run.data.tags)
+    finally:
+        server.stop(folder)
