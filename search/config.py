@@ -28,32 +28,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FloatRange(_Strict):
+class _Range(_Strict):
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        if self.high <= self.low:
+            raise ValueError("high must be greater than low")
+        return self
+
+
+class FloatRange(_Range):
     """A continuous range, sampled uniformly (or log-uniformly)."""
 
     low: Annotated[float, Field(gt=0)]
     high: Annotated[float, Field(gt=0)]
     log: bool = True
 
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.high <= self.low:
-            raise ValueError("high must be greater than low")
-        return self
 
-
-class IntRange(_Strict):
+class IntRange(_Range):
     """An integer range; `log` samples batch sizes evenly in powers."""
 
     low: PositiveInt
     high: PositiveInt
     log: bool = True
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if self.high <= self.low:
-            raise ValueError("high must be greater than low")
-        return self
 
 
 class Space(_Strict):

@@ -65,6 +65,11 @@ def space_spec(cfg: SearchConfig) -> dict[str, Any]:
     return space
 
 
+def study_url(search_dir: Path) -> str:
+    """The Optuna study's storage: one SQLite file, written by the driver alone."""
+    return f"sqlite:///{search_dir / 'optuna.db'}"
+
+
 def storage_root(cfg: SearchConfig) -> Path:
     return Path(cfg.storage_path).expanduser().resolve() if cfg.storage_path else vaesearch_home() / "ray"
 
@@ -173,9 +178,7 @@ def run_search(
     data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
     md5s = data.prepare(data_dir, log=lambda m: None)
     ray_init(address, log)  # before anything is written: an unreachable cluster leaves no empty run
-    space = space_spec(cfg)
-    study_storage = f"sqlite:///{search_dir / 'optuna.db'}"
-
+    space, study_storage = space_spec(cfg), study_url(search_dir)
     if resume:
         experiment_id, parent = state["experiment_id"], state["parent_run_id"]
         tracker.set_tags(parent, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -208,7 +211,8 @@ def run_search(
     log(f"config {json.dumps(cfg.model_dump())}")
 
     try:
-        return _tune(cfg, tracker, tracking_uri, resume, address, search_dir, experiment_id, parent, data_dir, log)
+        settings = settings_for(cfg, tracking_uri, experiment_id, parent, data_dir)
+        return _tune(cfg, tracker, resume, search_dir, space, settings, log)
     except BaseException as e:  # a search that dies says so on its parent run
         interrupted = isinstance(e, KeyboardInterrupt)
         tracker.set_tags(parent, {"status": "interrupted" if interrupted else f"failed: {type(e).__name__}"})
@@ -218,24 +222,21 @@ def run_search(
 def _tune(
     cfg: SearchConfig,
     tracker: Tracker,
-    tracking_uri: str,
     resume: bool,
-    address: str | None,
     search_dir: Path,
-    experiment_id: str,
-    parent: str,
-    data_dir: Path,
+    space: dict,
+    settings: dict,
     log: Callable[[str], None],
 ) -> Outcome:
+    """Build (or restore) the Tuner, run it, then reconcile MLflow with what Ray knows."""
     import optuna
     from ray import tune
 
     from search.callbacks import HonestOptunaSearch, TrackingCallback
     from search.trainable import train_trial
 
-    root, space = search_dir.parent, space_spec(cfg)
-    study_storage = f"sqlite:///{search_dir / 'optuna.db'}"
-    settings = settings_for(cfg, tracking_uri, experiment_id, parent, data_dir)
+    root = search_dir.parent
+    experiment_id, parent = settings["experiment_id"], settings["parent_run_id"]
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings),
         {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus},
@@ -250,7 +251,7 @@ def _tune(
             mode=MODE,
             sampler=sampler,
             study_name=cfg.name,
-            storage=optuna.storages.RDBStorage(study_storage),
+            storage=optuna.storages.RDBStorage(study_url(search_dir)),
         )
         scheduler = asha(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
         tuner = tune.Tuner(
@@ -267,7 +268,7 @@ def _tune(
                 storage_path=str(root),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=2),
-                callbacks=[TrackingCallback(tracking_uri, experiment_id, parent)],
+                callbacks=[TrackingCallback(settings["tracking_uri"], experiment_id, parent)],
                 verbose=0,
             ),
         )

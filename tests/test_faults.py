@@ -21,11 +21,12 @@ from tests.conftest import REPO, assert_one_line_error, run_cli, search, write_c
 pytestmark = pytest.mark.slow
 
 
-def start_search(config: Path, name: str, url: str, storage: Path, *extra: str) -> subprocess.Popen:
+def start_search(config: Path, name: str, url: str, storage: Path, env: dict | None = None) -> subprocess.Popen:
+    """`vaesearch search` in the background, in a process group of its own (so a test can SIGKILL it all)."""
     cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", name,
-           "--tracking-uri", url, "--storage-path", str(storage), *extra]  # fmt: skip
+           "--tracking-uri", url, "--storage-path", str(storage)]  # fmt: skip
     return subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
 
 
@@ -217,10 +218,7 @@ def test_a_server_lost_for_good_fails_the_search_with_one_line(tmp_path: Path) -
         asha={"grace_period": 3, "reduction_factor": 2},
     )
     env = {**os.environ, "VAESEARCH_MLFLOW_PATIENCE_S": "15"}  # give up after 15 s, not 10 minutes
-    cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", "lost",
-           "--tracking-uri", info.url, "--storage-path", str(tmp_path / "ray")]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+    proc = start_search(config, "lost", info.url, tmp_path / "ray", env)
     client = MlflowClient(info.url)
     try:
         wait_until(lambda: any("ray_trial_id" in r.data.tags for r in runs_of(client, "lost")), 240, "a trial", proc)
