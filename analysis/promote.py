@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis.errors import AnalysisError
 from analysis.runs import Search, Trial, load_search
-from vae.commands import evaluate_checkpoint
+from vae import data
+from vae.commands import evaluate_split
 from vae.model import Generator
 from vae.train import load_model
 
@@ -125,8 +126,9 @@ def promote(
         except (MlflowException, OSError):
             raise AnalysisError(f"--run-id: run {trial.run_id} has no checkpoint/best.pt artifact") from None
         model, config, _ = load_model(local)
-        val = evaluate_checkpoint(local, "val", None, data_dir)
-        test = evaluate_checkpoint(local, "test", iw_samples, data_dir)
+        splits = data.load(data_dir)
+        val = evaluate_split(model, config, "val", splits["val"])
+        test = evaluate_split(model, config, "test", splits["test"], iw_samples)
         parent_params = search.parent.data.params
         tags = {
             "source_run_id": trial.run_id,

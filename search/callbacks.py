@@ -16,8 +16,6 @@ from ray.tune.search.optuna import OptunaSearch
 from search.tracking import END_REASON, END_STATE, TRIAL_ID, Sender, Tracker
 from vae.train import METRICS
 
-UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
-
 
 class HonestOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna PRUNED for a trial ASHA stopped, and FAIL for a diverged one.
@@ -44,7 +42,6 @@ class TrackingCallback(tune.Callback):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.unfinished: list[str] = []
         self._init()
 
     def _init(self) -> None:
@@ -112,7 +109,6 @@ class TrackingCallback(tune.Callback):
         self._end(trial, "failed", _error_line(trial), "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.unfinished = [t.trial_id for t in trials if t.status in UNFINISHED]
         self.sender.flush(timeout=600)
 
 

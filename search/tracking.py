@@ -20,7 +20,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from vae.train import METRICS  # noqa: E402
@@ -109,37 +109,32 @@ class Tracker:
     """MLflow as the search uses it; every method names runs by id."""
 
     def __init__(self, tracking_uri: str) -> None:
-        self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
 
     # -- experiments and the parent run (driver) --
 
-    def experiment_id(self, name: str, create: bool = True) -> str | None:
+    def experiment_id(self, name: str) -> str:
+        """The experiment of this name, created (or restored from deletion) when needed."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        return self.client.create_experiment(name) if create else None
+        return self.client.create_experiment(name)
 
     def start_parent(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(experiment_id, run_name=name, tags={SEARCH_TAG: name, **tags})
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id
 
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
-
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _text(tags).items()])
 
-    def children(self, experiment_id: str, parent_id: str, deleted: bool = False) -> list:
-        view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    def children(self, experiment_id: str, parent_id: str) -> list:
+        """The active child runs of a parent, every page of them."""
         runs, token = [], None
         while True:
-            page = self.client.search_runs(
-                [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", run_view_type=view, page_token=token
-            )
+            page = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", page_token=token)
             runs.extend(page)
             token = page.token
             if not token:

@@ -109,9 +109,10 @@ def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
             waited = time.perf_counter()
             if result.improved:
                 checkpoint.save(_weights(trainer), best)
-                snapshot = work / f"best-{result.epoch}.pt"
+                snapshot = work / f"best-{result.epoch}" / "best.pt"  # a folder each: MLflow names it by its file
+                snapshot.parent.mkdir()
                 shutil.copy(best, snapshot)
-                uploads.submit("best checkpoint", _upload(tracker, run_id, snapshot, "checkpoint", "best.pt"))
+                uploads.submit("best checkpoint", lambda p=snapshot: _upload_once(tracker, run_id, p, "checkpoint"))
             grid_seconds = 0.0
             if result.epoch % settings["samples_every"] == 0 or result.stop:
                 grid_start = time.perf_counter()
@@ -145,17 +146,10 @@ def _weights(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def _upload(tracker: Tracker, run_id: str, local: Path, artifact_dir: str, name: str):
-    def write() -> None:
-        target = local.with_name(name)
-        staged = local.parent / f"upload-{local.stem}"
-        staged.mkdir(exist_ok=True)
-        shutil.copy(local, staged / target.name)
-        tracker.log_artifact(run_id, staged / target.name, artifact_dir)
-        shutil.rmtree(staged, ignore_errors=True)
-        local.unlink(missing_ok=True)
-
-    return write
+def _upload_once(tracker: Tracker, run_id: str, path: Path, artifact_dir: str) -> None:
+    """Upload a snapshot, then drop its folder: a later best must not wait behind old copies on disk."""
+    tracker.log_artifact(run_id, path, artifact_dir)
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _log_grids(trainer: Trainer, work: Path, epoch: int, tracker: Tracker, run_id: str, uploads: Sender) -> None:

@@ -24,6 +24,8 @@ from vae.files import atomic_write
 from vae.loss import PER_BATCH, iwae_bound
 from vae.train import CSV_COLUMNS, EpochResult, Trainer, evaluate, load_model, to_float
 
+IW_BATCH = 100  # images per importance-weighted pass: K x 100 decoder outputs in memory at once
+
 
 def metrics_csv(history: list[dict[str, float]]) -> bytes:
     buf = io.StringIO()
@@ -73,29 +75,34 @@ def train_to_folder(
     return result
 
 
-def evaluate_checkpoint(
-    path: Path,
-    split: str = "val",
-    iw_samples: int | None = None,
-    data_dir: Path | None = None,
-    device: torch.device | str = "cpu",
-    iw_batch: int = 100,
+def evaluate_split(
+    model: torch.nn.Module, config: TrainConfig, split: str, images: data.Split, iw_samples: int | None = None
 ) -> dict[str, float | int | str]:
-    """A checkpoint's loss on a whole split in nats per image, and per batch of 64 as the seed reports.
+    """A model's loss on a whole split in nats per image, and per batch of 64 as the seed reports.
 
     With `iw_samples` K, also the importance-weighted bound (K decoder passes per image).
     """
-    model, config, _ = load_model(path, device)
-    images = data.load(data_dir, device)[split]
     values = evaluate(model, images, seed=config.seed)
     result: dict[str, float | int | str] = {"split": split, **values, "loss_per64": values["loss"] * PER_BATCH}
     if iw_samples:
         torch.manual_seed(config.seed)
         total = 0.0
         with torch.no_grad():
-            for start in range(0, len(images), iw_batch):
-                x = to_float(images.images[start : start + iw_batch])
+            for start in range(0, len(images), IW_BATCH):
+                x = to_float(images.images[start : start + IW_BATCH])
                 total += iwae_bound(model, x, iw_samples).sum().item()
         result["iwae"] = -total / len(images)  # a loss, nats per image, comparable to `loss`
         result["iw_samples"] = iw_samples
     return result
+
+
+def evaluate_checkpoint(
+    path: Path,
+    split: str = "val",
+    iw_samples: int | None = None,
+    data_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, float | int | str]:
+    """`vaesearch evaluate`: a checkpoint file on one split."""
+    model, config, _ = load_model(path, device)
+    return evaluate_split(model, config, split, data.load(data_dir, device)[split], iw_samples)
