@@ -275,7 +275,6 @@ def _tune(
     grid = tuner.fit()
     finished = grid.num_terminated + grid.num_errors
     interrupted = finished < len(grid) or len(grid) < cfg.budget.num_samples and cfg.budget.time_limit_s is None
-    known = {_trial_id_of(r) for r in grid}
     if interrupted:
         for run in tracker.children(experiment_id, parent):
             if END_STATE not in run.data.tags:
@@ -284,7 +283,7 @@ def _tune(
         return Outcome(True, len(grid), None, cfg.name, parent)
 
     reconcile(tracker, grid)
-    removed = prune_unknown_runs(tracker, experiment_id, parent, known)
+    removed = prune_unknown_runs(tracker, experiment_id, parent, {_trial_id_of(r) for r in grid})
     if removed:
         log(f"deleted {removed} MLflow run(s) of trials the restored search does not know")
     best = summarize(tracker, experiment_id, parent)
