@@ -108,7 +108,7 @@ def main() -> None:
                 "name": "bench",
                 "space": {k: sorted(v) for k, v in SPACE.items()},
                 "budget": {"num_samples": args.configs, "max_epochs": args.max_epochs},
-                "train": {"precision": "bf16", "patience": args.max_epochs},
+                "train": {"precision": "auto", "patience": args.max_epochs},
                 "data": {"subset": args.subset, "val_subset": args.val_subset},
                 "tracking": {"samples_every": args.max_epochs},
             }

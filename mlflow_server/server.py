@@ -38,6 +38,7 @@ class ServerInfo:
     port: int
     backend_store_uri: str
     artifacts_destination: str
+    auth: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -91,28 +92,55 @@ def read_info(data_dir: Path) -> ServerInfo | None:
     return info if _alive(info.pid) else None
 
 
+def _differences(running: ServerInfo, asked: dict[str, object]) -> list[str]:
+    """What a running server does not match among the things explicitly asked for (None: not asked)."""
+    have = {"--host": running.host, "--port": running.port, "--backend-store-uri": running.backend_store_uri,
+            "--artifacts-destination": running.artifacts_destination, "--auth": running.auth}  # fmt: skip
+    return [
+        f"{flag} {have[flag]} (asked {value})"
+        for flag, value in asked.items()
+        if value is not None and value != have[flag]
+    ]
+
+
 def start(
     data_dir: Path,
     backend_store_uri: str | None = None,
     artifacts_destination: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 5000,
+    host: str | None = None,
+    port: int | None = None,
     insecure: bool = False,
     auth: bool = False,
     workers: int = 2,
     timeout: float = 120.0,
     port_flag: str = "--port",
 ) -> ServerInfo:
-    """Start a server (or return the one already running from this folder) once /health answers."""
+    """Start a server once /health answers, or return the one running from this folder if it is what was asked.
+
+    None for host, port, store or artifacts means "not asked": any running value
+    will do, and a new server takes the default (127.0.0.1:5000, SQLite and a
+    folder inside `data_dir`). A running server that differs is never passed off
+    as the one asked for.
+    """
     data_dir = Path(data_dir).resolve()
-    running = read_info(data_dir)
-    if running and health(running.url):
-        return running
-    if not is_loopback(host) and not (insecure or auth):
+    if host is not None and not is_loopback(host) and not (insecure or auth):
         raise ServerError(
             f"--host: {host} is not a loopback address; binding it needs --auth (MLflow's basic-auth, with "
             "MLFLOW_AUTH_ADMIN_PASSWORD set) or --insecure (anyone who reaches the port can change every run)"
         )
+    running = read_info(data_dir)
+    if running and health(running.url):
+        asked = {"--host": host, "--port": port, "--backend-store-uri": backend_store_uri,
+                 "--artifacts-destination": artifacts_destination, "--auth": auth or None}  # fmt: skip
+        differs = _differences(running, asked)
+        if differs:
+            raise ServerError(
+                f"{differs[0].split()[0]}: the server already running from {data_dir} (pid {running.pid}) has "
+                f"{'; '.join(differs)}; stop it (vaesearch server stop) or give --data-folder for a second server"
+            )
+        return running
+    host = "127.0.0.1" if host is None else host
+    port = 5000 if port is None else port
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
         raise ServerError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD to the admin password the server should create")
     if auth and importlib.util.find_spec("flask_wtf") is None:
@@ -144,7 +172,7 @@ def start(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
     )
     log.close()
-    info = ServerInfo(proc.pid, url, host, port, backend, artifacts)
+    info = ServerInfo(proc.pid, url, host, port, backend, artifacts, auth)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -6,6 +6,7 @@ so metrics are logged here, once per epoch, in the background.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,23 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tracking import END_REASON, END_STATE, TRIAL_ID, Sender, Tracker
+from search.tracking import END_REASON, END_STATE, ERROR_TYPE, TRIAL_ID, Sender, Tracker
 from vae.train import METRICS
 
 
 class HonestOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna PRUNED for a trial ASHA stopped, and FAIL for a diverged one.
+    """OptunaSearch that tells Optuna PRUNED for a trial ASHA stopped, and FAIL for a failed or killed one.
 
     Ray's OptunaSearch tells COMPLETE with the partial loss whenever a stopped
-    trial has a last result, which is what ASHA's stop gives it.
+    trial has a last result, which is what ASHA's stop gives it. Intermediate
+    values are reported at the trial's epoch (Ray's iteration counts replays
+    and resumes differently), and only results that measured something.
     """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or not _measured(result):
+            return
+        self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -30,18 +38,53 @@ class HonestOptunaSearch(OptunaSearch):
         end_state = (result or {}).get(END_STATE)
         if error or not result or end_state in ("completed", "early_stopped"):
             return super().on_trial_complete(trial_id, result, error)
-        state = TrialState.FAIL if end_state == "failed" else TrialState.PRUNED
-        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        state = TrialState.FAIL if end_state in ("failed", "killed") else TrialState.PRUNED
+        if state == TrialState.PRUNED and _measured(result):  # the value ASHA judged it on, which Ray withholds
+            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+        self._ot_study.tell(self._ot_trials[trial_id], state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+
+def _measured(result: dict) -> bool:
+    """A result that holds an epoch's validation (not a failure's closing report)."""
+    value = result.get("best_val_loss")
+    return "val_loss" in result and isinstance(value, float) and math.isfinite(value) and "epoch" in result
+
+
+class FailFast(tune.Stopper):
+    """Stops the search when its first `first` trials to finish all raised the same error.
+
+    Such a search cannot work (a broken install, a config no node can run); the
+    rest of its trials would fail the same way. The callback tells it each end.
+    """
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.ends: list[str | None] = []  # the error of each finished trial, None for a success
+        self.reason: str | None = None
+
+    def trial_ended(self, error: str | None) -> None:
+        if len(self.ends) >= self.first:
+            return
+        self.ends.append(error)
+        if len(self.ends) == self.first and error is not None and all(e == error for e in self.ends):
+            self.reason = f"the first {self.first} trials failed with {error}"
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reason is not None
 
 
 class TrackingCallback(tune.Callback):
     """Logs each result's metrics to its trial's child run and tags how each trial ended."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, fail_fast: FailFast) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.fail_fast = fail_fast
         self._init()
 
     def _init(self) -> None:
@@ -76,7 +119,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id, epoch = result.get("mlflow_run_id"), result.get("epoch")
-        if run_id and epoch is not None:
+        if run_id and epoch is not None and "val_loss" in result:  # a failure's closing report measured nothing
             row = {"epoch": epoch, **{k: result[k] for k in METRICS if k in result}}
             self.sender.submit(f"metrics {run_id} epoch {epoch}", lambda: self._log_row(run_id, row))
 
@@ -100,16 +143,25 @@ class TrackingCallback(tune.Callback):
         self.sender.submit(f"end of {trial.trial_id}", write)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        state = last.get(END_STATE) or "pruned"
-        reason = last.get(END_REASON) or f"stopped by ASHA after epoch {last.get('epoch')}"
-        self._end(trial, state, reason, "FAILED" if state == "failed" else "FINISHED")
+        state, reason = end_of(trial, self.fail_fast)
+        self.fail_fast.trial_ended(reason if ERROR_TYPE in (trial.last_result or {}) else None)
+        self._end(trial, state, reason, "FAILED" if state in ("failed", "killed") else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "failed", _error_line(trial), "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.sender.flush(timeout=600)
+
+
+def end_of(trial: Any, fail_fast: FailFast) -> tuple[str, str]:
+    """(end_state, end_reason) of a trial Ray completed: its own word, else a stop from outside."""
+    last = trial.last_result or {}
+    if last.get(END_STATE):
+        return last[END_STATE], last.get(END_REASON, "")
+    if fail_fast.reason:
+        return "killed", f"search stopped: {fail_fast.reason}"
+    return "pruned", f"stopped by ASHA after epoch {last.get('epoch')}"
 
 
 def _error_line(trial: Any) -> str:

@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=positive, default=20, help="early-stopping patience (default 20)")
     g.add_argument("--seed", type=_int_at_least(0), default=0, help="default 0")
     g.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocasts the training pass (default fp32)"
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16 autocasts the training pass; auto takes it where it runs on this machine (default auto)",
     )
     g.add_argument("--subset", type=positive, default=None, help="train on the first N images only")
     g.add_argument("--val-subset", type=positive, default=None, help="validate on the first N images only")
@@ -122,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--tracking-uri", default=None, help="MLflow server, http://HOST:PORT (default: embedded)")
     se.add_argument("--storage-path", default=None, help="Ray's trial state; on a cluster every node must reach it")
     se.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
-    se.add_argument("--server-port", type=positive, default=5000, help="port of the embedded MLflow server")
+    se.add_argument("--server-port", type=positive, default=None, help="port of the embedded MLflow server (5000)")
+    se.add_argument("--verbose", action="store_true", help="also Ray's progress tables and its workers' output")
     se.set_defaults(handler=cmd_search)
 
     ls = sub.add_parser("searches", help="list searches and their status")
@@ -159,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("action", choices=("start", "stop", "status"))
     sv.add_argument("--backend-store-uri", default=None, help="SQLAlchemy URL (default: SQLite in the data folder)")
     sv.add_argument("--artifacts-destination", default=None, help="artifact folder or URI the server serves")
-    sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    sv.add_argument("--port", type=positive, default=5000, help="default 5000")
+    sv.add_argument("--host", default=None, help="default 127.0.0.1 (a running server on any host is reused)")
+    sv.add_argument("--port", type=positive, default=None, help="default 5000 (a running server on any port is reused)")
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback host without authentication")
     sv.add_argument(
         "--auth", action="store_true", help="MLflow basic-auth; admin password from MLFLOW_AUTH_ADMIN_PASSWORD"
@@ -190,11 +194,14 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
     from vae import data
     from vae.commands import train_to_folder
     from vae.config import TrainConfig
+    from vae.files import file_in_the_way
+    from vae.precision import resolve_precision
 
     config = TrainConfig(
         decoder=args.decoder,
@@ -210,10 +217,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_subset=args.val_subset,
     )
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    blocking = file_in_the_way(out.resolve())
+    if blocking:
+        raise UsageError(f"--out: {blocking} is a file; give a folder")
     if (out / "checkpoint.pt").exists() or (out / "last.pt").exists():
         raise UsageError(f"--out: {out} already holds a run; give a new folder")
     device = _device(args.device)
-    uri = _tracking_uri(args.tracking_uri, 0) if args.tracking_uri else None
+    precision, why = resolve_precision(args.precision, device, field="--precision")
+    print(f"precision: {precision} ({why})")
+    config = dataclasses.replace(config, precision=precision)
+    uri = _tracking_uri(args.tracking_uri, None) if args.tracking_uri else None
     data_dir = args.data_dir or data.default_data_dir()
     data.prepare(data_dir, log=lambda m: print(m, file=sys.stderr))
     result = train_to_folder(config, out.resolve(), data_dir, device)
@@ -244,7 +257,7 @@ def _server_folder(folder: Path | None) -> Path:
     return (folder or vaesearch_home() / "mlflow").expanduser().resolve()
 
 
-def _tracking_uri(uri: str | None, port: int) -> str:
+def _tracking_uri(uri: str | None, port: int | None) -> str:
     """The given server, checked; else the embedded one, started or reused."""
     from mlflow_server import server
 
@@ -261,14 +274,15 @@ def _tracking_uri(uri: str | None, port: int) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from search import config
-    from search.tuner import check_config_for_cluster, run_search
+    from search.tuner import check_config_for_cluster, check_storage, run_search
 
     cfg = config.load(args.config).override(
         **{"name": args.name, "tracking.tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
     )
     check_config_for_cluster(args.address, cfg.tracking.tracking_uri)
+    check_storage(cfg)
     uri = _tracking_uri(cfg.tracking.tracking_uri, args.server_port)
-    outcome = run_search(cfg, uri, resume=args.resume, address=args.address)
+    outcome = run_search(cfg, uri, resume=args.resume, address=args.address, verbose=args.verbose)
     if outcome.interrupted:
         again = f"vaesearch search --config {args.config} --name {cfg.name} --resume"
         print(f"interrupted; state saved. Continue with: {again}")
@@ -378,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = args.handler
     from analysis.errors import AnalysisError
     from mlflow_server.server import ServerError
-    from search.config import SearchError
+    from search.config import SearchError, SearchStopped
     from vae.checkpoint import CheckpointError
     from vae.config import ConfigError
     from vae.data import DataError
@@ -391,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vaesearch {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SearchStopped as e:  # said in full where it was raised
+        print(f"vaesearch {args.command}: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
     except Exception as e:  # a run-time failure: one line, not a traceback
         print(f"vaesearch {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -13,12 +13,16 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vae.config import ConfigError
+from vae.config import PRECISIONS, ConfigError
 from vae.model import DECODERS
 
 
 class SearchError(Exception):
     """Bad input found before any trial starts: printed as one line, exit 2."""
+
+
+class SearchStopped(RuntimeError):
+    """The search could not work and was stopped early: printed as one line, exit 1."""
 
 
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
@@ -83,14 +87,14 @@ class Train(_Strict):
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
     batch_size: PositiveInt = 64
     patience: PositiveInt = 20
-    precision: str = "fp32"
+    precision: str = "auto"
     seed: Annotated[int, Field(strict=True, ge=0)] = 0
 
     @field_validator("precision")
     @classmethod
     def _precision(cls, value: str) -> str:
-        if value not in ("fp32", "bf16"):
-            raise ValueError("must be fp32 or bf16")
+        if value not in PRECISIONS:
+            raise ValueError(f"must be one of {', '.join(PRECISIONS)}")
         return value
 
 

@@ -30,7 +30,8 @@ SEARCH_TAG = "vaesearch.search"
 PARENT_TAG = "mlflow.parentRunId"
 CONFIG_KEY = "config_key"
 END_STATE, END_REASON = "end_state", "end_reason"
-FINISHED_STATES = ("completed", "early_stopped", "failed")  # what a duplicate may replay
+ERROR_TYPE = "error_type"  # on a run whose training raised: the exception's class
+REPLAYABLE_STATES = ("completed", "early_stopped", "pruned", "failed")  # failed: diverged, not raised
 # How long a write keeps retrying an absent server before it gives up (and is counted lost).
 PATIENCE_S = float(os.environ.get("VAESEARCH_MLFLOW_PATIENCE_S", "600"))
 
@@ -157,25 +158,41 @@ class Tracker:
             [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{TRIAL_ID} = '{trial_id}'"
         )
         if found:
-            self.set_tags(found[0].info.run_id, tags)  # a retry may run on another node
-            return found[0].info.run_id
-        run = self.client.create_run(
-            experiment_id,
-            run_name=trial_name,
-            tags={PARENT_TAG: parent_id, TRIAL_ID: trial_id, CONFIG_KEY: config_key(params), **_text(tags)},
-        )
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            run = found[0]
+            self.set_tags(run.info.run_id, tags)  # a retry may run on another node
+        else:
+            run = self.client.create_run(
+                experiment_id,
+                run_name=trial_name,
+                tags={PARENT_TAG: parent_id, TRIAL_ID: trial_id, CONFIG_KEY: config_key(params), **_text(tags)},
+            )
+        self.log_params(run.info.run_id, params, held=run.data.params)  # both paths: a retried creation lost them
         return run.info.run_id
 
+    def log_params(self, run_id: str, params: dict[str, Any], held: dict[str, str] | None = None) -> None:
+        """Log the params a run lacks; one it holds with another value (a retry elsewhere) becomes a tag."""
+        held = self.client.get_run(run_id).data.params if held is None else held
+        new = [Param(k, str(v)) for k, v in params.items() if k not in held]
+        changed = {f"{k}_on_retry": v for k, v in params.items() if k in held and held[k] != str(v)}
+        if new:
+            self.client.log_batch(run_id, params=new)
+        if changed:
+            self.set_tags(run_id, changed)
+
     def finished_twin(self, experiment_id: str, parent_id: str, key: str, exclude: str) -> Any | None:
-        """A run of this search with the same sampled values that already ended, if any."""
+        """A run of this search with the same sampled values that ended with a history to replay, if any.
+
+        A twin whose training raised (rather than diverged) is no answer: its config is trained again.
+        """
         runs = self.client.search_runs(
             [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{CONFIG_KEY} = '{key}'"
         )
         for run in runs:
-            if run.info.run_id != exclude and run.data.tags.get(END_STATE) in FINISHED_STATES:
-                if "duplicate_of" not in run.data.tags:
-                    return run
+            tags = run.data.tags
+            if run.info.run_id == exclude or "duplicate_of" in tags or ERROR_TYPE in tags:
+                continue
+            if tags.get(END_STATE) in REPLAYABLE_STATES and run.data.metrics.get("val_loss") is not None:
+                return run
         return None
 
     def history(self, run_id: str, keys: Iterable[str] = METRICS) -> list[dict[str, float]]:

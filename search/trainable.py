@@ -8,19 +8,23 @@ only finds its child run and uploads artifacts (sample grids, best weights).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
-from search.tracking import END_REASON, END_STATE, Sender, Tracker, config_key, patiently
+from search.tracking import END_REASON, END_STATE, ERROR_TYPE, Sender, Tracker, config_key, patiently
 from vae import checkpoint, data
 from vae.config import TrainConfig
 from vae.figures import sample_grids
+from vae.precision import resolve_precision
 from vae.train import Trainer
 
 REPORT_FLUSH_S = 2.0  # wait this long at most for artifacts before each report (a pruned trial stops after it)
@@ -51,9 +55,8 @@ def _node_tags() -> dict[str, str]:
     return {"ray_node_id": ctx.get_node_id(), "ray_node_ip": ray.util.get_node_ip_address()}
 
 
-def replay(tracker: Tracker, run_id: str, twin: Any) -> None:
+def replay(tracker: Tracker, run_id: str, twin: Any, rows: list[dict[str, float]]) -> None:
     """Report a finished twin's stored epochs instead of training again, so ASHA's rungs stay honest."""
-    rows = patiently(lambda: tracker.history(twin.info.run_id), "the twin's history")
     patiently(lambda: tracker.set_tags(run_id, {"duplicate_of": twin.info.run_id}), "tagging the duplicate")
     for i, row in enumerate(rows):
         result = {**row, "mlflow_run_id": run_id, "duplicate_of": twin.info.run_id}
@@ -64,8 +67,12 @@ def replay(tracker: Tracker, run_id: str, twin: Any) -> None:
 
 
 def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
-    """One trial. `sampled` is what Optuna chose; `settings` is fixed for the whole search."""
-    started = time.perf_counter()
+    """One trial. `sampled` is what Optuna chose; `settings` is fixed for the whole search.
+
+    An exception from training ends the trial as `failed` once, with its traceback
+    as the run's `error.txt`: a deterministic error is not worth Ray's retries.
+    Only a lost worker (nothing left to catch) is retried from the last checkpoint.
+    """
     ctx = tune.get_context()
     tracker = Tracker(settings["tracking_uri"])
     config = train_config(sampled, settings)
@@ -75,65 +82,122 @@ def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
         lambda: tracker.child_run(exp_id, parent, ctx.get_trial_id(), ctx.get_trial_name(), sampled, tags),
         "finding this trial's run",
     )
-
     resume_from = tune.get_checkpoint()
     if resume_from is None:
         twin = patiently(lambda: tracker.finished_twin(exp_id, parent, config_key(sampled), exclude=run_id), "twins")
-        if twin is not None:
-            replay(tracker, run_id, twin)
+        rows = patiently(lambda: tracker.history(twin.info.run_id), "the twin's history") if twin else []
+        if rows:
+            replay(tracker, run_id, twin, rows)
             return
 
-    torch.set_num_threads(max(1, int(settings["cpus"])))
-    use_cuda = settings["gpus"] > 0 and torch.cuda.is_available()
-    device = torch.device("cuda" if use_cuda else "cpu")
-    data_dir = Path(settings["data_dir"])
-    try:
-        splits = data.load(data_dir, device)  # verifies the MD5s
-    except data.DataError:  # a node without the data fetches it once
-        data.prepare(data_dir, log=lambda m: None)
-        splits = data.load(data_dir, device)
-    trainer = Trainer(config, splits, device)
     work = Path(tempfile.mkdtemp(prefix="vaesearch-trial-"))
-    best = work / "best.pt"
-    if resume_from is not None:
-        with resume_from.as_directory() as d:
-            trainer.restore(Path(d) / "last.pt")
-            if (Path(d) / "best.pt").exists():
-                shutil.copy(Path(d) / "best.pt", best)
-
     uploads = Sender(f"trial-{ctx.get_trial_id()}")
-    overhead = {"setup_seconds": time.perf_counter() - started}  # trial start to its first batch
+    trial = _Trial(settings, tracker, run_id, work, uploads)
     try:
+        trial.run(config, resume_from)
+    except Exception as e:  # raised by training code; SystemExit (Ray's stop) passes through
+        trial.fail(e)
+    finally:  # uploads first: a snapshot still queued must not lose its file
+        uploads.flush(FINAL_FLUSH_S)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _Trial:
+    """The training side of a trial: set up, train an epoch at a time, report each."""
+
+    def __init__(self, settings: dict[str, Any], tracker: Tracker, run_id: str, work: Path, uploads: Sender) -> None:
+        self.started = time.perf_counter()
+        self.settings, self.tracker, self.run_id = settings, tracker, run_id
+        self.work, self.uploads = work, uploads
+        self.best = work / "best.pt"
+        self.trainer: Trainer | None = None
+
+    def setup(self, config: TrainConfig, resume_from: Any) -> Trainer:
+        settings = self.settings
+        torch.set_num_threads(max(1, int(settings["cpus"])))
+        use_cuda = settings["gpus"] > 0 and torch.cuda.is_available()
+        device = torch.device("cuda" if use_cuda else "cpu")
+        precision, why = resolve_precision(config.precision, device, field="train.precision")
+        patiently(lambda: self.tracker.set_tags(self.run_id, {"precision_reason": why}), "tagging the precision")
+        patiently(lambda: self.tracker.log_params(self.run_id, {"precision": precision}), "logging the precision")
+        data_dir = Path(settings["data_dir"])
+        try:
+            splits = data.load(data_dir, device)  # verifies the MD5s
+        except data.DataError:  # a node without the data fetches it once
+            data.prepare(data_dir, log=lambda m: None)
+            splits = data.load(data_dir, device)
+        trainer = Trainer(dataclasses.replace(config, precision=precision), splits, device)
+        if resume_from is not None:
+            with resume_from.as_directory() as d:
+                trainer.restore(Path(d) / "last.pt")
+                if (Path(d) / "best.pt").exists():
+                    shutil.copy(Path(d) / "best.pt", self.best)
+        return trainer
+
+    def run(self, config: TrainConfig, resume_from: Any) -> None:
+        self.trainer = trainer = self.setup(config, resume_from)
+        overhead = {"setup_seconds": time.perf_counter() - self.started}  # trial start to its first batch
+        stop, reason = trainer.end_state()
+        if stop:  # restored from its final checkpoint: done already, train nothing more
+            last = trainer.history[-1]
+            self.report({**last, END_STATE: stop, END_REASON: reason})
+            return
         while True:
             result = trainer.step()
             waited = time.perf_counter()
             if result.improved:
-                checkpoint.save(_weights(trainer), best)
-                snapshot = work / f"best-{result.epoch}" / "best.pt"  # a folder each: MLflow names it by its file
-                snapshot.parent.mkdir()
-                shutil.copy(best, snapshot)
-                uploads.submit("best checkpoint", lambda p=snapshot: _upload_once(tracker, run_id, p, "checkpoint"))
+                self.snapshot_best(result.epoch)
             grid_seconds = 0.0
-            if result.epoch % settings["samples_every"] == 0 or result.stop:
+            if result.epoch % self.settings["samples_every"] == 0 or result.stop:
                 grid_start = time.perf_counter()
-                _log_grids(trainer, work, result.epoch, tracker, run_id, uploads)
+                _log_grids(trainer, self.work, result.epoch, self.tracker, self.run_id, self.uploads)
                 grid_seconds = time.perf_counter() - grid_start
-            uploads.flush(FINAL_FLUSH_S if result.stop else REPORT_FLUSH_S)
+            self.uploads.flush(FINAL_FLUSH_S if result.stop else REPORT_FLUSH_S)
             # What logging cost this epoch's training: the wait for uploads, not the drawing of grids.
-            report = {**result.metrics, **overhead, "epoch": result.epoch, "mlflow_run_id": run_id}
+            report = {**result.metrics, **overhead, "epoch": result.epoch}
             report["log_seconds"] = time.perf_counter() - waited - grid_seconds
             overhead = {}
             if result.stop:
                 report.update({END_STATE: result.stop, END_REASON: result.reason})
-            with tempfile.TemporaryDirectory(prefix="ckpt-", dir=work) as d:
-                trainer.save(Path(d) / "last.pt")
-                if best.exists():
-                    shutil.copy(best, Path(d) / "best.pt")
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+            self.report(report, checkpoint=True)
             if result.stop:
-                break
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                return
+
+    def snapshot_best(self, epoch: int) -> None:
+        checkpoint.save(_weights(self.trainer), self.best)
+        snapshot = self.work / f"best-{epoch}" / "best.pt"  # a folder each: MLflow names it by its file
+        snapshot.parent.mkdir()
+        shutil.copy(self.best, snapshot)
+        self.uploads.submit("best checkpoint", lambda: _upload_once(self.tracker, self.run_id, snapshot, "checkpoint"))
+
+    def report(self, result: dict[str, Any], checkpoint: bool = False) -> None:
+        """Every report carries the metric ASHA ranks by and the epoch, so no result can upset the driver."""
+        trainer = self.trainer
+        result = {
+            "epoch": trainer.epoch if trainer else 0,
+            "best_val_loss": trainer.best_val_loss if trainer else math.inf,
+            **result,
+            "mlflow_run_id": self.run_id,
+        }
+        if not checkpoint:
+            tune.report(result)
+            return
+        with tempfile.TemporaryDirectory(prefix="ckpt-", dir=self.work) as d:
+            trainer.save(Path(d) / "last.pt")
+            if self.best.exists():
+                shutil.copy(self.best, Path(d) / "best.pt")
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+
+    def fail(self, error: Exception) -> None:
+        """End as failed: the exception's last line as the reason, its traceback as `error.txt`."""
+        text = "".join(traceback.format_exception(error))
+        reason = text.strip().splitlines()[-1][:500]
+        path = self.work / "error.txt"
+        path.write_text(text)
+        self.uploads.submit("error.txt", lambda: self.tracker.log_artifact(self.run_id, path))
+        patiently(lambda: self.tracker.set_tags(self.run_id, {ERROR_TYPE: type(error).__name__}), "tagging the error")
+        self.uploads.flush(FINAL_FLUSH_S)
+        self.report({END_STATE: "failed", END_REASON: reason, ERROR_TYPE: type(error).__name__})
 
 
 def _weights(trainer: Trainer) -> dict[str, Any]:

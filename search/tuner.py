@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.config import SearchConfig, SearchError, vaesearch_home
+from search.config import SearchConfig, SearchError, SearchStopped, vaesearch_home
 from search.tracking import END_REASON, END_STATE, TRIAL_ID, Tracker
 from vae import checkpoint, data
 from vae.config import ConfigError
-from vae.files import atomic_write
+from vae.files import atomic_write, file_in_the_way
 
 STATE_FILE = "vaesearch.json"
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -74,6 +74,15 @@ def storage_root(cfg: SearchConfig) -> Path:
     return Path(cfg.storage_path).expanduser().resolve() if cfg.storage_path else vaesearch_home() / "ray"
 
 
+def check_storage(cfg: SearchConfig) -> Path:
+    """The storage root, refused when it names a file (found before any server starts)."""
+    root = storage_root(cfg)
+    blocking = file_in_the_way(root)
+    if blocking:
+        raise SearchError(f"--storage-path: {blocking} is a file; give a folder")
+    return root
+
+
 def asha(max_epochs: int, grace_period: int, reduction_factor: float):
     """ASHA over epochs, ranking by the running minimum of the validation loss."""
     from ray.tune.schedulers import ASHAScheduler
@@ -122,7 +131,7 @@ def _probe(address: str) -> None:
         raise SearchError(f"--address: no Ray cluster answers at {address} ({e.strerror or e})") from None
 
 
-def ray_init(address: str | None, log: Callable[[str], None]) -> None:
+def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = False) -> None:
     import ray
 
     if address is not None:
@@ -133,13 +142,15 @@ def ray_init(address: str | None, log: Callable[[str], None]) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not verbose:  # Ray's new console prints its banner even at verbose=0; the legacy one stays quiet
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Credentials for an MLflow server with auth reach trials through their environment, never as params.
     secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS}
     try:
         ray.init(
             address=address,
             include_dashboard=False,
-            log_to_driver=False,
+            log_to_driver=verbose,
             configure_logging=False,
             runtime_env={"env_vars": secrets} if secrets else None,
         )
@@ -157,9 +168,10 @@ def run_search(
     resume: bool = False,
     address: str | None = None,
     log: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> Outcome:
     """Start (or resume) the search named cfg.name and wait for it; Ctrl-C saves state and returns."""
-    root = storage_root(cfg)
+    root = check_storage(cfg)
     search_dir = root / cfg.name
     state_path = search_dir / STATE_FILE
     tracker = Tracker(tracking_uri)
@@ -177,7 +189,8 @@ def run_search(
 
     data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
     md5s = data.prepare(data_dir, log=lambda m: None)
-    ray_init(address, log)  # before anything is written: an unreachable cluster leaves no empty run
+    check_precision(cfg, log)
+    ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no empty run
     space, study_storage = space_spec(cfg), study_url(search_dir)
     if resume:
         experiment_id, parent = state["experiment_id"], state["parent_run_id"]
@@ -212,7 +225,7 @@ def run_search(
 
     try:
         settings = settings_for(cfg, tracking_uri, experiment_id, parent, data_dir)
-        return _tune(cfg, tracker, resume, search_dir, space, settings, log)
+        return _tune(cfg, tracker, resume, search_dir, space, settings, log, verbose)
     except BaseException as e:  # a search that dies says so on its parent run
         interrupted = isinstance(e, KeyboardInterrupt)
         tracker.set_tags(parent, {"status": "interrupted" if interrupted else f"failed: {type(e).__name__}"})
@@ -227,23 +240,29 @@ def _tune(
     space: dict,
     settings: dict,
     log: Callable[[str], None],
+    verbose: bool = False,
 ) -> Outcome:
     """Build (or restore) the Tuner, run it, then reconcile MLflow with what Ray knows."""
     import optuna
     from ray import tune
 
-    from search.callbacks import HonestOptunaSearch, TrackingCallback
+    from search.callbacks import FailFast, HonestOptunaSearch, TrackingCallback
+    from search.console import Console
     from search.trainable import train_trial
 
     root = search_dir.parent
     experiment_id, parent = settings["experiment_id"], settings["parent_run_id"]
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings),
         {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus},
     )
     if resume and (search_dir / "tuner.pkl").exists():
         tuner = tune.Tuner.restore(str(search_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        fail_fast = tuner._local_tuner.get_run_config().stop  # the one pickled with the search's callbacks
     else:
+        fail_fast = FailFast(min(4, cfg.budget.num_samples))
         sampler = optuna.samplers.TPESampler(seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials)
         searcher = HonestOptunaSearch(
             space=space,
@@ -266,19 +285,26 @@ def _tune(
             run_config=tune.RunConfig(
                 name=cfg.name,
                 storage_path=str(root),
+                stop=fail_fast,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=2),
-                callbacks=[TrackingCallback(settings["tracking_uri"], experiment_id, parent)],
-                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=2),  # lost workers only: trials catch their errors
+                callbacks=[
+                    TrackingCallback(settings["tracking_uri"], experiment_id, parent, fail_fast),
+                    Console(cfg.budget.num_samples, fail_fast),
+                ],
+                verbose=2 if verbose else 0,
             ),
         )
     grid = tuner.fit()
+    if fail_fast.reason:
+        end_unfinished(tracker, experiment_id, parent, f"search stopped: {fail_fast.reason}")
+        tracker.set_tags(parent, {"status": f"stopped: {fail_fast.reason}"})
+        tracker.finish(parent, "FAILED")
+        raise SearchStopped(f"search stopped: {fail_fast.reason}")
     finished = grid.num_terminated + grid.num_errors
     interrupted = finished < len(grid) or len(grid) < cfg.budget.num_samples and cfg.budget.time_limit_s is None
     if interrupted:
-        for run in tracker.children(experiment_id, parent):
-            if END_STATE not in run.data.tags:
-                tracker.set_tags(run.info.run_id, {END_STATE: "killed", END_REASON: "the search was interrupted"})
+        end_unfinished(tracker, experiment_id, parent, "the search was interrupted", terminate=False)
         tracker.set_tags(parent, {"status": "interrupted"})
         return Outcome(True, len(grid), None, cfg.name, parent)
 
@@ -317,6 +343,18 @@ def reconcile(tracker: Tracker, grid: Any) -> None:
             tracker.set_tags(run_id, {"reconciled_epochs": ",".join(map(str, sent))})
 
 
+def end_unfinished(tracker: Tracker, experiment_id: str, parent: str, reason: str, terminate: bool = True) -> None:
+    """Tag `killed` every child run that has no end state; `terminate` also ends it in MLflow.
+
+    An interrupted search leaves them RUNNING, for `--resume` to continue.
+    """
+    for run in tracker.children(experiment_id, parent):
+        if END_STATE not in run.data.tags:
+            tracker.set_tags(run.info.run_id, {END_STATE: "killed", END_REASON: reason})
+            if terminate:
+                tracker.finish(run.info.run_id, "KILLED")
+
+
 def prune_unknown_runs(tracker: Tracker, experiment_id: str, parent: str, known: set) -> int:
     """Delete child runs of trials the (restored) search does not know: started after Ray last saved."""
     removed = 0
@@ -337,6 +375,18 @@ def summarize(tracker: Tracker, experiment_id: str, parent: str) -> dict[str, An
         if best is None or loss < best["best_val_loss"]:
             best = {"run_id": run.info.run_id, "best_val_loss": loss, "params": dict(run.data.params)}
     return best
+
+
+def check_precision(cfg: SearchConfig, log: Callable[[str], None]) -> None:
+    """Refuse an explicit bf16 this machine cannot run; say what `auto` takes here."""
+    import torch
+
+    from vae.precision import resolve_precision
+
+    device = "cuda" if cfg.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+    precision, why = resolve_precision(cfg.train.precision, device, field="train.precision")
+    if cfg.train.precision == "auto":
+        log(f"precision: auto takes {precision} here: {why}; each trial decides on its own node (param `precision`)")
 
 
 def check_config_for_cluster(address: str | None, tracking_uri: str | None) -> None:

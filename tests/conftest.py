@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,57 @@ import pytest
 from vae import data
 
 REPO = Path(__file__).resolve().parents[1]
+# Every process the suite starts inherits this mark, so the session can find any left behind.
+MARK = "VAESEARCH_TEST_SESSION"
+os.environ[MARK] = uuid.uuid4().hex
+
+
+def _marked_processes() -> list[int]:
+    """Processes other than this one whose environment carries this session's mark."""
+    needle = f"{MARK}={os.environ[MARK]}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone already, or not ours to read
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """After the suite (and its servers' own teardown), no process it started may still run."""
+    yield
+    if not Path("/proc").is_dir():
+        return
+    deadline = time.monotonic() + 30  # Ray's and MLflow's processes take a moment to wind down
+    while (left := _marked_processes()) and time.monotonic() < deadline:
+        time.sleep(1)
+    if left:
+        names = []
+        for pid in left:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                names.append(f"{pid} {command.decode(errors='replace')}")
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+        if names:
+            pytest.fail("processes the suite started were still running (now killed):\n" + "\n".join(names))
+
+
+@pytest.fixture
+def own_server(tmp_path: Path):
+    """A tracking server of the test's own (for tests that stop and restart it), stopped however the test ends."""
+    from mlflow_server import server
+
+    folder, port = tmp_path / "srv", server.free_port()
+    info = server.start(folder, port=port)
+    yield folder, port, info
+    server.stop(folder)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +125,7 @@ def write_config(path: Path, **sections: dict) -> Path:
     config = {
         "name": "tiny",
         "space": {"hidden": [8, 16], "decoder": [1], "latent": [2]},
-        "train": {"precision": "bf16"},
+        "train": {"precision": "auto"},
         "budget": {"num_samples": 6, "max_epochs": 2, "max_concurrent": 2},
         "asha": {"grace_period": 1, "reduction_factor": 2},
         "sampler": {"seed": 0, "n_startup_trials": 2},

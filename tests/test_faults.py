@@ -128,9 +128,8 @@ def test_a_killed_driver_resumes_to_exactly_num_samples(mlflow_url: str, tmp_pat
             assert steps(client, run_id) == before  # not trained again
 
 
-def test_the_tracking_server_gone_for_a_minute_loses_nothing(tmp_path: Path) -> None:
-    folder, port = tmp_path / "srv", server.free_port()
-    info = server.start(folder, port=port)
+def test_the_tracking_server_gone_for_a_minute_loses_nothing(own_server, tmp_path: Path) -> None:
+    folder, port, info = own_server
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16], "decoder": [1], "latent": [2]},
@@ -152,16 +151,13 @@ def test_the_tracking_server_gone_for_a_minute_loses_nothing(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             kill_group(proc)
-    try:
-        assert proc.returncode == 0, err[-3000:]
-        kids = [r for r in runs_of(client, "outage") if "ray_trial_id" in r.data.tags]
-        assert len(kids) == 2
-        for run in kids:
-            assert run.data.tags["end_state"] == "completed"
-            for key in ("val_loss", "train_loss", "best_val_loss", "val_kl"):
-                assert steps(client, run.info.run_id, key) == [1, 2, 3, 4, 5, 6], key
-    finally:
-        server.stop(folder)
+    assert proc.returncode == 0, err[-3000:]
+    kids = [r for r in runs_of(client, "outage") if "ray_trial_id" in r.data.tags]
+    assert len(kids) == 2
+    for run in kids:
+        assert run.data.tags["end_state"] == "completed"
+        for key in ("val_loss", "train_loss", "best_val_loss", "val_kl"):
+            assert steps(client, run.info.run_id, key) == [1, 2, 3, 4, 5, 6], key
 
 
 @pytest.fixture
@@ -208,9 +204,8 @@ def test_an_unreachable_ray_address_is_refused_before_anything_is_written(mlflow
     assert not (tmp_path / "ray" / "no-ray").exists()
 
 
-def test_a_server_lost_for_good_fails_the_search_with_one_line(tmp_path: Path) -> None:
-    folder, port = tmp_path / "srv", server.free_port()
-    info = server.start(folder, port=port)
+def test_a_server_lost_for_good_fails_the_search_with_one_line(own_server, tmp_path: Path) -> None:
+    folder, _, info = own_server
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16], "decoder": [1], "latent": [2]},
@@ -227,7 +222,6 @@ def test_a_server_lost_for_good_fails_the_search_with_one_line(tmp_path: Path) -
     finally:
         if proc.poll() is None:
             kill_group(proc)
-        server.stop(folder)
     assert proc.returncode == 1, err[-3000:]
     ours = [line for line in err.splitlines() if line.startswith("vaesearch search:")]
     assert len(ours) == 1 and "failed" in ours[0], err[-3000:]

@@ -7,7 +7,7 @@ from vae.config import TrainConfig
 from vae.data import Split
 from vae.train import Trainer, load_model, to_float
 
-SMALL = dict(decoder=1, hidden=32, latent=2, subset=512, val_subset=256, batch_size=64)
+SMALL = dict(decoder=1, hidden=32, latent=2, subset=512, val_subset=256, batch_size=64, precision="fp32")
 
 
 def test_loss_falls_over_a_few_epochs_on_real_mnist(splits: dict[str, Split]) -> None:

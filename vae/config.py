@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 
 from vae.model import DECODERS
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -38,8 +38,9 @@ class TrainConfig:
     patience: int = 20
     """Stop after this many epochs without a lower validation loss."""
     seed: int = 0
-    precision: str = "fp32"
-    """fp32, or bf16: autocast for the training pass (validation stays fp32, so losses compare)."""
+    precision: str = "auto"
+    """auto, fp32 or bf16: bf16 autocasts the training pass (validation stays fp32, so losses compare);
+    auto takes bf16 where a probe shows it runs here (`vae.precision`), else fp32."""
     subset: int | None = None
     """Train on the first N of the 50,000 training images; None for all."""
     val_subset: int | None = None

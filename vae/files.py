@@ -22,3 +22,11 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The existing file that stands where `folder` or one of its parents must be a folder, if any."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None

@@ -7,6 +7,7 @@ trial that resumes after a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -22,11 +23,13 @@ from vae.config import TrainConfig
 from vae.data import Split
 from vae.loss import neg_elbo
 from vae.model import VAE
+from vae.precision import resolve_precision
 
 EVAL_BATCH = 1000  # evaluation needs no gradients; larger batches are faster
 
 # The per-epoch metrics, by the names used everywhere: metrics.csv, Tune, MLflow.
 METRICS = ("train_loss", "train_kl", "val_loss", "val_recon", "val_kl", "best_val_loss", "epoch_seconds")
+DIVERGED = "loss diverged"  # how a non-finite loss's end reason begins
 CSV_COLUMNS = ("epoch", "train_loss", "train_kl", "val_loss", "val_recon", "val_kl", "epoch_seconds")
 
 
@@ -85,8 +88,10 @@ class Trainer:
     """A VAE, its optimizer and its data, advanced an epoch at a time."""
 
     def __init__(self, config: TrainConfig, splits: dict[str, Split], device: torch.device | str = "cpu") -> None:
-        self.config = config
         self.device = torch.device(device)
+        # The precision actually used is what the config (and so every checkpoint) records.
+        precision, _ = resolve_precision(config.precision, self.device)
+        self.config = config = dataclasses.replace(config, precision=precision)
         set_seed(config.seed)
         self.model = VAE(config.decoder, config.hidden, config.latent).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -146,15 +151,23 @@ class Trainer:
             "epoch_seconds": seconds,
         }
         self.history.append({"epoch": self.epoch, **metrics})
-        result = EpochResult(self.epoch, metrics, improved)
-        if not all(math.isfinite(v) for v in (train_loss, val["loss"])):
-            result.stop, result.reason = "failed", f"loss diverged to {train_loss} (train) / {val['loss']} (val)"
-        elif self.epochs_since_best >= self.config.patience:
-            result.stop = "early_stopped"
-            result.reason = f"no lower validation loss for {self.config.patience} epochs"
-        elif self.epoch >= self.config.epochs:
-            result.stop, result.reason = "completed", f"reached {self.config.epochs} epochs"
-        return result
+        return EpochResult(self.epoch, metrics, improved, *self.end_state())
+
+    def end_state(self) -> tuple[str | None, str]:
+        """(stop, reason) after the last epoch: why training ends here, or (None, "") to go on.
+
+        Read from the history, so a trainer restored from its final checkpoint knows it is done.
+        """
+        if not self.history:
+            return None, ""
+        last = self.history[-1]
+        if not all(math.isfinite(last[k]) for k in ("train_loss", "val_loss")):
+            return "failed", f"{DIVERGED} to {last['train_loss']} (train) / {last['val_loss']} (val)"
+        if self.epochs_since_best >= self.config.patience:
+            return "early_stopped", f"no lower validation loss for {self.config.patience} epochs"
+        if self.epoch >= self.config.epochs:
+            return "completed", f"reached {self.config.epochs} epochs"
+        return None, ""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, generators, history."""

@@ -1,0 +1,95 @@
+"""What a person watching a search reads: one line per trial event and a progress line now and then.
+
+Ray's own tables and tracebacks are for `--verbose`; by default this is the console.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+from ray import tune
+
+from search.callbacks import FailFast, end_of
+
+PROGRESS_EVERY_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _values(config: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
+
+
+class Console(tune.Callback):
+    """Trial events as single lines on stdout, and every `every` seconds where the search stands."""
+
+    def __init__(self, num_samples: int, fail_fast: FailFast, every: float = PROGRESS_EVERY_S) -> None:
+        self.num_samples = num_samples
+        self.fail_fast = fail_fast
+        self.every = every
+        self.ends: dict[str, str] = {}  # trial id -> end state
+        self._started = self._last = time.monotonic()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # a resumed search counts its own time
+        self.__dict__.update(state)
+        self._started = self._last = time.monotonic()
+
+    def say(self, line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.say(f"trial {trial.trial_id} started: {_values(trial.config)}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.say(f"trial {trial.trial_id} lost its worker; Ray retries it from its last checkpoint")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ends[trial.trial_id] = "failed"
+        self.say(f"trial {trial.trial_id} failed for good after Ray's retries (see its run's end_reason)")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        state, reason = end_of(trial, self.fail_fast)
+        self.ends[trial.trial_id] = state
+        last = trial.last_result or {}
+        epoch, best = last.get("epoch"), last.get("best_val_loss")
+        loss = f"best {best:.2f}" if isinstance(best, float) and math.isfinite(best) else "no loss"
+        replay = " (replayed a duplicate)" if last.get("duplicate_of") else ""
+        lines = {
+            "pruned": f"pruned by ASHA at epoch {epoch}, {loss}",
+            "early_stopped": f"early stopped at epoch {epoch}, {loss}",
+            "completed": f"completed {epoch} epochs, {loss}",
+            "failed": f"failed: {reason}",
+            "killed": f"stopped: {reason}",
+        }
+        self.say(f"trial {trial.trial_id} {lines.get(state, state)}{replay}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        self.say(self.progress(trials, now - self._started))
+
+    def progress(self, trials: list, elapsed: float) -> str:
+        states = list(self.ends.values())
+        done = len(states)
+        running = sum(t.status == "RUNNING" for t in trials)
+        losses = [
+            t.last_result["best_val_loss"]
+            for t in trials
+            if self.ends.get(t.trial_id) not in ("failed", "killed")
+            and isinstance((t.last_result or {}).get("best_val_loss"), float)
+            and math.isfinite(t.last_result["best_val_loss"])
+        ]
+        best = f"best {min(losses):.2f}" if losses else "no best yet"
+        to_go = f", about {_duration(elapsed / done * (self.num_samples - done))} to go" if done else ""
+        return (
+            f"progress: {done}/{self.num_samples} trials done ({running} running, {states.count('pruned')} pruned, "
+            f"{states.count('failed')} failed), {best}, {_duration(elapsed)} elapsed{to_go}"
+        )
