@@ -7,6 +7,7 @@ State that a resume needs lives beside Ray's own under the storage path:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -144,6 +145,10 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if not verbose:  # Ray's new console prints its banner even at verbose=0; the legacy one stays quiet
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # A trial that never reported (stopped before its first epoch) is not worth a warning here.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Ray's result files, without TensorBoard's (MLflow is the record; TBX complains of a failure's inf).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Credentials for an MLflow server with auth reach trials through their environment, never as params.
     secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS}
     try:
@@ -226,6 +231,8 @@ def run_search(
     try:
         settings = settings_for(cfg, tracking_uri, experiment_id, parent, data_dir)
         return _tune(cfg, tracker, resume, search_dir, space, settings, log, verbose)
+    except SearchStopped:  # already said on the parent run
+        raise
     except BaseException as e:  # a search that dies says so on its parent run
         interrupted = isinstance(e, KeyboardInterrupt)
         tracker.set_tags(parent, {"status": "interrupted" if interrupted else f"failed: {type(e).__name__}"})
@@ -245,6 +252,7 @@ def _tune(
     """Build (or restore) the Tuner, run it, then reconcile MLflow with what Ray knows."""
     import optuna
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.callbacks import FailFast, HonestOptunaSearch, TrackingCallback
     from search.console import Console
@@ -289,6 +297,8 @@ def _tune(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=2),  # lost workers only: trials catch their errors
                 callbacks=[
+                    JsonLoggerCallback(),
+                    CSVLoggerCallback(),
                     TrackingCallback(settings["tracking_uri"], experiment_id, parent, fail_fast),
                     Console(cfg.budget.num_samples, fail_fast),
                 ],

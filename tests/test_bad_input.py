@@ -37,6 +37,10 @@ DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port here
         (["search", "--config", "c.yaml", "--tracking-uri", "file:///tmp/mlruns"], "--tracking-uri"),
         (["train", "--decoder", "1", "--hidden", "8", "--latent", "2", "--batch-size", "0"], "--batch-size"),
         (["train", "--decoder", "1", "--hidden", "8", "--latent", "2", "--lr", "inf"], "--lr"),
+        (["train", "--decoder", "1", "--hidden", "8", "--latent", "2", "--out", "c.yaml"], "--out"),
+        (["train", "--decoder", "1", "--hidden", "8", "--latent", "2", "--out", "c.yaml/run"], "--out"),
+        (["search", "--config", "c.yaml", "--storage-path", "c.yaml"], "--storage-path"),
+        (["search", "--config", "c.yaml", "--storage-path", "c.yaml/ray"], "--storage-path"),
     ],
 )
 def test_every_subcommand_refuses_bad_input_in_one_line(args: list[str], field: str, tmp_path: Path) -> None:

@@ -164,3 +164,71 @@ def test_train_logs_one_run_to_mlflow(mlflow_url: str, tmp_path: Path, mnist_dir
     assert [m.step for m in client.get_metric_history(run.info.run_id, "best_val_loss")] == [1, 2]
     assert run.data.params["decoder"] == "3" and run.data.tags["end_state"] == "completed"
     assert "checkpoint.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+HUGE = 10**13  # a latent size whose first layer no machine can allocate: every trial with it raises at once
+
+
+def started(stdout: str) -> list[str]:
+    """The trial ids of the console's `trial ID started: ...` lines, one per start."""
+    return [line.split()[1] for line in stdout.splitlines() if line.startswith("trial ") and " started: " in line]
+
+
+def test_a_search_whose_every_trial_raises_stops_after_the_first_four(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8], "decoder": [1], "latent": [HUGE]},
+        budget={"num_samples": 12, "max_epochs": 2, "max_concurrent": 2},
+    )
+    started = time.monotonic()
+    proc = search(config, "all-fail", mlflow_url, tmp_path / "ray")
+    assert time.monotonic() - started < 240  # the time of the first trials, not of twelve
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line, no traceback
+    assert proc.stderr.startswith("vaesearch search: search stopped: the first 4 trials failed with RuntimeError: ")
+    client = MlflowClient(mlflow_url)
+    parent, kids = children(client, "all-fail")
+    assert parent.data.tags["status"].startswith("stopped: the first 4 trials failed with RuntimeError")
+    failed = [r for r in kids if r.data.tags["end_state"] == "failed"]
+    assert len(failed) >= 4 and len(kids) < 12
+    assert all(r.data.tags["end_state"] in {"failed", "killed"} and r.info.status in {"FAILED", "KILLED"} for r in kids)
+    for run in failed:  # duplicates of a twin that raised are trained again, not replayed
+        assert "duplicate_of" not in run.data.tags and run.data.tags["error_type"] == "RuntimeError"
+        assert "can't allocate memory" in run.data.tags["end_reason"]
+    started_lines = [
+        line.split()[1] for line in proc.stdout.splitlines() if line.startswith("trial ") and " started" in line
+    ]
+    assert len(started_lines) == len(set(started_lines)) and "lost its worker" not in proc.stdout  # never retried
+
+
+def test_a_raising_trial_fails_once_and_the_search_goes_on(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8], "decoder": [1], "latent": [2, HUGE]},
+        budget={"num_samples": 3, "max_epochs": 1, "max_concurrent": 1},
+        sampler={"seed": 1, "n_startup_trials": 3},
+    )
+    proc = search(config, "one-fails", mlflow_url, tmp_path / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    client = MlflowClient(mlflow_url)
+    _, kids = children(client, "one-fails")
+    failed = [r for r in kids if r.data.tags["end_state"] == "failed"]
+    assert failed and len(failed) < len(kids) == 3
+    study = optuna.load_study(
+        study_name="one-fails", storage=f"sqlite:///{tmp_path / 'ray' / 'one-fails' / 'optuna.db'}"
+    )
+    states = {t.params["latent"]: t.state for t in study.trials}
+    assert states[HUGE] == optuna.trial.TrialState.FAIL
+    for run in failed:
+        assert run.info.status == "FAILED" and run.data.tags["end_reason"].startswith("RuntimeError: ")
+        assert run.data.params["latent"] == str(HUGE) and not client.get_metric_history(run.info.run_id, "val_loss")
+        path = client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+        text = Path(path).read_text()
+        assert text.startswith("Traceback") and "can't allocate memory" in text
+        line = next(
+            x for x in proc.stdout.splitlines() if x.startswith(f"trial {run.data.tags['ray_trial_id']} failed")
+        )
+        assert line.endswith(run.data.tags["end_reason"])
+    started = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("trial ") and " started" in line]
+    assert len(started) == 3 and len(set(started)) == 3  # the failure was not retried

@@ -29,6 +29,20 @@ def test_start_status_stop(tmp_path: Path) -> None:
         assert again.returncode == 0 and f"pid {info.pid}" in again.stdout
         taken = run_cli("server", "start", "--port", port, "--data-folder", str(tmp_path / "other"))
         assert_one_line_error(taken, "--port", port, "taken")
+        # a running server that differs from what was asked is never passed off as it
+        other_port = str(server.free_port())
+        elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+        for flags, field in (
+            (["--port", other_port], "--port"),
+            (["--host", "0.0.0.0", "--insecure"], "--host"),
+            (["--backend-store-uri", elsewhere], "--backend-store-uri"),
+        ):
+            differs = run_cli("server", "start", *flags, *folder)
+            assert_one_line_error(differs, field, "already running", "vaesearch server stop", "--data-folder")
+        unsafe = run_cli("server", "start", "--host", "0.0.0.0", "--port", other_port, "--backend-store-uri", elsewhere,
+                         *folder)  # fmt: skip
+        assert_one_line_error(unsafe, "--host", "--insecure", "--auth")  # refused as a new server would be
+        assert not (tmp_path / "elsewhere.db").exists() and not server.health(f"http://127.0.0.1:{other_port}")
     finally:
         stopped = run_cli("server", "stop", *folder)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
