@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from mlflow_server import server
-from search.callbacks import TrackingCallback
+from search.callbacks import FailFast, TrackingCallback
 from search.config import validate
 from search.tracking import Tracker
 from search.trainable import train_trial
@@ -59,7 +59,7 @@ def run(label: str, scheduler, configs: list[dict], settings: dict, storage: Pat
             name=label,
             storage_path=str(storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TrackingCallback(settings["tracking_uri"], exp, parent)],
+            callbacks=[TrackingCallback(settings["tracking_uri"], exp, parent, FailFast(len(configs)))],
             verbose=0,
         ),
     )

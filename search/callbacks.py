@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
@@ -27,20 +28,32 @@ class HonestOptunaSearch(OptunaSearch):
     and resumes differently), and only results that measured something.
     """
 
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # lets a resumed search match Optuna's trials to Ray's and MLflow's
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ID, trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or not _measured(result):
-            return
-        self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+        if trial_id not in self._completed_trials and trial_id in self._ot_trials and _measured(result):
+            self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The trial's value at its epoch, as an intermediate value; once per epoch."""
+        try:
+            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+        except UpdateFinishedTrialError:  # told before the driver was lost; Ray's older state resumed it
+            self._completed_trials.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        if result and _measured(result):  # the last value, which Ray withholds from on_trial_result when it stops
+            self._report(trial_id, result)
         end_state = (result or {}).get(END_STATE)
         if error or not result or end_state in ("completed", "early_stopped"):
             return super().on_trial_complete(trial_id, result, error)
         state = TrialState.FAIL if end_state in ("failed", "killed") else TrialState.PRUNED
-        if state == TrialState.PRUNED and _measured(result):  # the value ASHA judged it on, which Ray withholds
-            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
         self._ot_study.tell(self._ot_trials[trial_id], state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 

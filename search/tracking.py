@@ -45,8 +45,8 @@ class Sender:
 
     def __init__(self, name: str, give_up_after: float | None = None) -> None:
         self._queue: queue.Queue[tuple[str, Callable[[], None]]] = queue.Queue()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._pending = 0  # writes submitted and not yet done (landed or given up), under _done
+        self._done = threading.Condition()
         self.give_up_after = PATIENCE_S if give_up_after is None else give_up_after
         self.lost: list[str] = []
         self._down_since: float | None = None
@@ -54,12 +54,14 @@ class Sender:
         self._thread.start()
 
     def submit(self, what: str, write: Callable[[], None]) -> None:
-        self._idle.clear()
+        with self._done:
+            self._pending += 1
         self._queue.put((what, write))
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every queued write landed (or was given up); False on timeout."""
-        return self._idle.wait(timeout)
+        """Wait until every write submitted so far landed (or was given up); False on timeout."""
+        with self._done:
+            return self._done.wait_for(lambda: self._pending == 0, timeout)
 
     def _loop(self) -> None:
         while True:
@@ -78,8 +80,9 @@ class Sender:
                         break
                     time.sleep(delay)
                     delay = min(delay * 2, 15.0)
-            if self._queue.empty():
-                self._idle.set()
+            with self._done:
+                self._pending -= 1
+                self._done.notify_all()
 
 
 def patiently(call: Callable[[], Any], what: str, give_up_after: float | None = None) -> Any:
@@ -194,6 +197,11 @@ class Tracker:
             if tags.get(END_STATE) in REPLAYABLE_STATES and run.data.metrics.get("val_loss") is not None:
                 return run
         return None
+
+    def end_of(self, run_id: str) -> tuple[str, str] | None:
+        """(end_state, end_reason) of a run that ended, else None."""
+        tags = self.client.get_run(run_id).data.tags
+        return (tags[END_STATE], tags.get(END_REASON, "")) if END_STATE in tags else None
 
     def history(self, run_id: str, keys: Iterable[str] = METRICS) -> list[dict[str, float]]:
         """Per-epoch metrics of a run, as rows {epoch, key: value}, ordered by epoch."""

@@ -83,6 +83,12 @@ def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
         "finding this trial's run",
     )
     resume_from = tune.get_checkpoint()
+    ended = patiently(lambda: tracker.end_of(run_id), "reading how this trial ended") if resume_from else None
+    if ended and ended[0] != "killed":  # it ended before the driver was lost, which Ray's state may not know
+        with resume_from.as_directory() as d:
+            last = checkpoint.load(Path(d) / "last.pt")["history"][-1]
+        tune.report({**last, END_STATE: ended[0], END_REASON: ended[1], "mlflow_run_id": run_id})
+        return
     if resume_from is None:
         twin = patiently(lambda: tracker.finished_twin(exp_id, parent, config_key(sampled), exclude=run_id), "twins")
         rows = patiently(lambda: tracker.history(twin.info.run_id), "the twin's history") if twin else []
@@ -110,6 +116,7 @@ class _Trial:
         self.settings, self.tracker, self.run_id = settings, tracker, run_id
         self.work, self.uploads = work, uploads
         self.best = work / "best.pt"
+        self.rungs = set(settings["rung_epochs"])
         self.trainer: Trainer | None = None
 
     def setup(self, config: TrainConfig, resume_from: Any) -> Trainer:
@@ -148,7 +155,7 @@ class _Trial:
             if result.improved:
                 self.snapshot_best(result.epoch)
             grid_seconds = 0.0
-            if result.epoch % self.settings["samples_every"] == 0 or result.stop:
+            if result.stop or result.epoch % self.settings["samples_every"] == 0 or result.epoch in self.rungs:
                 grid_start = time.perf_counter()
                 _log_grids(trainer, self.work, result.epoch, self.tracker, self.run_id, self.uploads)
                 grid_seconds = time.perf_counter() - grid_start

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -84,6 +85,12 @@ def check_storage(cfg: SearchConfig) -> Path:
     return root
 
 
+def rung_epochs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
+    """The epochs at which ASHA may stop a trial (its milestones, as whole epochs), as Ray computes them."""
+    rungs = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1)
+    return sorted({math.ceil(grace_period * reduction_factor**k) for k in range(rungs)})
+
+
 def asha(max_epochs: int, grace_period: int, reduction_factor: float):
     """ASHA over epochs, ranking by the running minimum of the validation loss."""
     from ray.tune.schedulers import ASHAScheduler
@@ -114,6 +121,8 @@ def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, paren
         "val_subset": cfg.data.val_subset,
         "data_dir": str(data_dir),
         "samples_every": cfg.tracking.samples_every,
+        # a pruned trial's last epoch must have its sample grid: draw one wherever ASHA may stop it
+        "rung_epochs": rung_epochs(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor),
         "cpus": cfg.resources.cpus,
         "gpus": cfg.resources.gpus,
     }
@@ -269,6 +278,9 @@ def _tune(
     if resume and (search_dir / "tuner.pkl").exists():
         tuner = tune.Tuner.restore(str(search_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         fail_fast = tuner._local_tuner.get_run_config().stop  # the one pickled with the search's callbacks
+        adopt_optuna_ends(
+            tracker, experiment_id, parent, optuna.load_study(study_name=cfg.name, storage=study_url(search_dir))
+        )
     else:
         fail_fast = FailFast(min(4, cfg.budget.num_samples))
         sampler = optuna.samplers.TPESampler(seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials)
@@ -305,19 +317,24 @@ def _tune(
                 verbose=2 if verbose else 0,
             ),
         )
+    started = time.monotonic()
     grid = tuner.fit()
+    out_of_time = cfg.budget.time_limit_s is not None and time.monotonic() - started >= cfg.budget.time_limit_s
     if fail_fast.reason:
         end_unfinished(tracker, experiment_id, parent, f"search stopped: {fail_fast.reason}")
         tracker.set_tags(parent, {"status": f"stopped: {fail_fast.reason}"})
         tracker.finish(parent, "FAILED")
         raise SearchStopped(f"search stopped: {fail_fast.reason}")
     finished = grid.num_terminated + grid.num_errors
-    interrupted = finished < len(grid) or len(grid) < cfg.budget.num_samples and cfg.budget.time_limit_s is None
+    interrupted = not out_of_time and (finished < len(grid) or len(grid) < cfg.budget.num_samples)
     if interrupted:
         end_unfinished(tracker, experiment_id, parent, "the search was interrupted", terminate=False)
         tracker.set_tags(parent, {"status": "interrupted"})
         return Outcome(True, len(grid), None, cfg.name, parent)
 
+    # Ray's time budget stops trials without a word to the callbacks or the searcher: end them here.
+    end_unfinished(tracker, experiment_id, parent, "the search's time budget ran out")
+    fail_running(optuna.load_study(study_name=cfg.name, storage=study_url(search_dir)))
     reconcile(tracker, grid)
     removed = prune_unknown_runs(tracker, experiment_id, parent, {_trial_id_of(r) for r in grid})
     if removed:
@@ -363,6 +380,32 @@ def end_unfinished(tracker: Tracker, experiment_id: str, parent: str, reason: st
             tracker.set_tags(run.info.run_id, {END_STATE: "killed", END_REASON: reason})
             if terminate:
                 tracker.finish(run.info.run_id, "KILLED")
+
+
+def adopt_optuna_ends(tracker: Tracker, experiment_id: str, parent: str, study: Any) -> None:
+    """Before a resume: a trial Optuna was told had ended, whose MLflow tag was lost with the driver, ends in MLflow.
+
+    Ray's saved state may be older than Optuna's; the resumed trial finds the tag
+    and reports its end at once instead of training on.
+    """
+    from optuna.trial import TrialState
+
+    states = {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    told = {t.user_attrs.get(TRIAL_ID): states[t.state] for t in study.trials if t.state in states}
+    for run in tracker.children(experiment_id, parent):
+        state = told.get(run.data.tags.get(TRIAL_ID))
+        if state and run.data.tags.get(END_STATE) in (None, "killed"):
+            reason = f"{state} before the driver was lost (Optuna's record)"
+            tracker.set_tags(run.info.run_id, {END_STATE: state, END_REASON: reason})
+
+
+def fail_running(study: Any) -> None:
+    """Tell Optuna FAIL for trials still RUNNING after the search: Ray stopped them without telling the searcher."""
+    from optuna.trial import TrialState
+
+    for trial in study.trials:
+        if trial.state == TrialState.RUNNING:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def prune_unknown_runs(tracker: Tracker, experiment_id: str, parent: str, known: set) -> int:

@@ -6,12 +6,14 @@ Each test bounds its own time and cleans up the processes it started.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -126,6 +128,44 @@ def test_a_killed_driver_resumes_to_exactly_num_samples(mlflow_url: str, tmp_pat
     for run_id, before in finished.items():
         if run_id in {r.info.run_id for r in kids}:
             assert steps(client, run_id) == before  # not trained again
+
+
+OPTUNA_STATE = {"completed": "COMPLETE", "early_stopped": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
+
+
+def test_a_driver_killed_while_trials_are_pruned_resumes_with_mlflow_and_optuna_agreeing(
+    mlflow_url: str, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16, 24], "decoder": [1, 6], "latent": [2, 3]},
+        budget={"num_samples": 6, "max_epochs": 3, "max_concurrent": 2},
+        asha={"grace_period": 1, "reduction_factor": 2},
+        data={"subset": 512, "val_subset": 128},
+    )
+    proc = start_search(config, "prune-kill", mlflow_url, tmp_path / "ray")
+    client = MlflowClient(mlflow_url)
+    try:
+        wait_until(
+            lambda: any(r.data.tags.get("end_state") == "pruned" for r in runs_of(client, "prune-kill")),
+            300, "a pruned trial", proc,
+        )  # fmt: skip
+        time.sleep(random.Random().uniform(0, 2))  # then at a moment of its own, while others are pruned
+    finally:
+        kill_group(proc)
+    again = search(config, "prune-kill", mlflow_url, tmp_path / "ray", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    kids = [r for r in runs_of(client, "prune-kill") if "ray_trial_id" in r.data.tags]
+    assert len(kids) == 6 and len({r.data.tags["ray_trial_id"] for r in kids}) == 6
+    study = optuna.load_study(study_name="prune-kill", storage=f"sqlite:///{tmp_path / 'ray/prune-kill/optuna.db'}")
+    optuna_state = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study.trials}
+    for run in kids:
+        state = run.data.tags.get("end_state")
+        assert state in OPTUNA_STATE, run.data.tags
+        for key in ("val_loss", "best_val_loss", "train_loss"):
+            epochs = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(epochs) == len(set(epochs)), (key, epochs)  # no epoch logged twice
+        assert optuna_state[run.data.tags["ray_trial_id"]] == OPTUNA_STATE[state], (state, run.data.tags)
 
 
 def test_the_tracking_server_gone_for_a_minute_loses_nothing(own_server, tmp_path: Path) -> None:

@@ -48,3 +48,28 @@ def test_iwae_bound_is_tighter_than_the_elbo() -> None:
         iw = iwae_bound(model, x, k=64, chunk=16)
     assert iw.shape == (8,)
     assert iw.mean() >= elbo.mean()
+
+
+class _PriorPosterior(torch.nn.Module):
+    """q(z|x) equal to the prior and a decoder that ignores z: every importance weight is p(x|z)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(x.shape[0], 3), torch.zeros(x.shape[0], 3)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(z.shape[0], *self.logits.shape[1:])
+
+
+def test_iwae_equals_the_reconstruction_term_when_every_weight_is_equal() -> None:
+    """The mean over K weights needs its -log K: without it the bound would grow with K."""
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 28, 28)
+    logits = torch.randn(1, 1, 28, 28)
+    model = _PriorPosterior(logits)
+    want = -reconstruction(logits.expand_as(x), x)
+    for k in (1, 7, 64):
+        torch.testing.assert_close(iwae_bound(model, x, k=k, chunk=5), want, rtol=1e-5, atol=1e-3)

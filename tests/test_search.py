@@ -44,10 +44,12 @@ def test_every_trial_ends_with_a_nested_child_run(finished: dict, mlflow_url: st
         for key in ("train_loss", "best_val_loss", "val_recon", "val_kl", "train_kl", "epoch_seconds"):
             assert len(client.get_metric_history(run.info.run_id, key)) == len(steps), key
     trained = [r for r in kids if "duplicate_of" not in r.data.tags]
-    for run in trained:
+    for run in trained:  # pruned ones too: the grid of the last epoch, and the best weights
+        last = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
-        assert any(n.endswith(".png") for n in names), names
+        assert f"samples/epoch_{last:03d}_samples.png" in names, (run.data.tags["end_state"], names)
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {"checkpoint/best.pt"}
+        assert run.data.params["precision"] in {"fp32", "bf16"}
 
 
 def test_asha_pruned_a_trial_and_optuna_knows_it(finished: dict, mlflow_url: str) -> None:
@@ -62,6 +64,12 @@ def test_asha_pruned_a_trial_and_optuna_knows_it(finished: dict, mlflow_url: str
     states = [t.state for t in study.trials]
     assert len(states) == 6
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+    by_trial = {r.data.tags["ray_trial_id"]: r for r in kids}
+    for trial in study.trials:  # TPE sees the value each pruned trial was judged on, at its epoch
+        run = by_trial[trial.user_attrs["ray_trial_id"]]
+        history = client.get_metric_history(run.info.run_id, "best_val_loss")
+        last = max(history, key=lambda m: m.step)
+        assert trial.intermediate_values.get(last.step) == pytest.approx(last.value), (trial.number, history)
 
 
 def test_a_duplicate_config_replays_instead_of_training(finished: dict, mlflow_url: str) -> None:

@@ -89,3 +89,38 @@ def test_corrupt_checkpoint_is_refused_by_name(tmp_path: Path) -> None:
         assert "bad.pt" in str(e)
     else:
         raise AssertionError("a corrupt checkpoint was accepted")
+
+
+def test_an_improvement_resets_the_early_stopping_count(splits: dict[str, Split]) -> None:
+    trainer = Trainer(TrainConfig(**SMALL, epochs=50, patience=2), splits)
+    trainer.best_val_loss = -1.0
+    stops = [trainer.step().stop]  # 1 epoch without improvement
+    trainer.best_val_loss = float("inf")
+    result = trainer.step()  # improves: the count starts again
+    assert result.improved and result.stop is None
+    trainer.best_val_loss = -1.0  # nothing improves from here; best_epoch stays 2
+    stops += [result.stop, trainer.step().stop, trainer.step().stop]
+    assert stops == [None, None, None, "early_stopped"]
+
+
+def test_a_trainer_restored_from_its_last_checkpoint_knows_it_is_done(splits: dict[str, Split], tmp_path: Path) -> None:
+    trainer = Trainer(TrainConfig(**SMALL, epochs=2), splits)
+    trainer.step()
+    assert trainer.end_state() == (None, "")
+    assert trainer.step().stop == "completed"
+    trainer.save(tmp_path / "last.pt")
+    restored = Trainer(TrainConfig(**SMALL, epochs=2), splits)
+    assert restored.end_state() == (None, "")
+    restored.restore(tmp_path / "last.pt")
+    assert restored.end_state() == ("completed", "reached 2 epochs")
+
+
+def test_restore_reads_generator_states_on_the_cpu_on_any_device(splits: dict[str, Split], tmp_path: Path) -> None:
+    """torch.Generator.set_state takes only a CPU ByteTensor: a CUDA trainer must not map states to its device."""
+    trainer = Trainer(TrainConfig(**SMALL), splits)
+    trainer.step()
+    trainer.save(tmp_path / "last.pt")
+    other = Trainer(TrainConfig(**SMALL), splits)
+    other.device = torch.device("meta")  # a non-CPU location, where no GPU exists
+    other.restore(tmp_path / "last.pt")
+    assert torch.equal(other.shuffle.get_state(), trainer.shuffle.get_state()) and other.epoch == 1

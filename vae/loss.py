@@ -35,9 +35,14 @@ def neg_elbo(
 
 
 def iwae_bound(model: torch.nn.Module, x: torch.Tensor, k: int, chunk: int = 500) -> torch.Tensor:
-    """log p(x) >= log (1/K) sum_k p(x, z_k) / q(z_k | x), per image, shape (B,).
+    """log (1/K) sum_k p(x, z_k) / q(z_k | x), per image, shape (B,): the importance-weighted bound.
 
     Burda et al. (2016); costs K decoder passes per image, done `chunk` at a time.
+    It bounds the model's log-likelihood from below, and is tighter than the
+    ELBO. The pixels here are continuous (byte/255, not binarised), where the
+    Bernoulli "likelihood" is not a normalised density: the bound is on that
+    unnormalised score, comparable across models trained the same way, not on
+    log p(x) of a distribution over images.
     """
     mu, logvar = model.encode(x)
     std = torch.exp(0.5 * logvar)

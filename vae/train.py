@@ -196,7 +196,8 @@ class Trainer:
         checkpoint.save(self.state_dict(), path)
 
     def restore(self, path: str | Path) -> None:
-        self.load_state_dict(checkpoint.load(path, map_location=self.device))
+        """Continue from a saved state; read on the CPU (a generator takes only a CPU state), copied over after."""
+        self.load_state_dict(checkpoint.load(path, map_location="cpu"))
 
 
 def _on(split: Split, device: torch.device) -> Split:
