@@ -25,7 +25,7 @@ from search.callbacks import FailFast, TrackingCallback
 from search.config import validate
 from search.tracking import Tracker
 from search.trainable import train_trial
-from search.tuner import asha, ray_init, settings_for
+from search.tuner import asha, ray_init, result_files, settings_for
 from vae import data
 
 SPACE = {"hidden": [32, 64, 128, 256], "decoder": [1, 2, 3, 5, 6], "latent": [2, 5, 10, 20]}
@@ -59,7 +59,10 @@ def run(label: str, scheduler, configs: list[dict], settings: dict, storage: Pat
             name=label,
             storage_path=str(storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TrackingCallback(settings["tracking_uri"], exp, parent, FailFast(len(configs)))],
+            callbacks=[
+                *result_files(),
+                TrackingCallback(settings["tracking_uri"], exp, parent, FailFast(len(configs))),
+            ],
             verbose=0,
         ),
     )

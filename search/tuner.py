@@ -105,6 +105,13 @@ def asha(max_epochs: int, grace_period: int, reduction_factor: float):
     )
 
 
+def result_files() -> list:
+    """Ray's per-trial result.json and progress.csv (its TensorBoard files are off: see `ray_init`)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, parent_run_id: str, data_dir: Path) -> dict:
     """What every trial shares: fixed training values, where data and MLflow are."""
     return {
@@ -261,7 +268,6 @@ def _tune(
     """Build (or restore) the Tuner, run it, then reconcile MLflow with what Ray knows."""
     import optuna
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.callbacks import FailFast, HonestOptunaSearch, TrackingCallback
     from search.console import Console
@@ -309,8 +315,7 @@ def _tune(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=2),  # lost workers only: trials catch their errors
                 callbacks=[
-                    JsonLoggerCallback(),
-                    CSVLoggerCallback(),
+                    *result_files(),
                     TrackingCallback(settings["tracking_uri"], experiment_id, parent, fail_fast),
                     Console(cfg.budget.num_samples, fail_fast),
                 ],
