@@ -113,11 +113,8 @@ def promote(
     search = load_search(client, experiment, with_history=False)
     trial = _choose(search, run_id)
     existing = next((v for v in _versions(client, model_name) if v.tags.get("source_run_id") == trial.run_id), None)
-    if existing is not None:  # the same run promoted again: no new version
-        champion = _by_alias(client, model_name, alias)
-        moved = (champion is None or force) and (champion is None or champion.version != existing.version)
-        if moved:
-            _set_alias(client, model_name, alias, existing.version)
+    if existing is not None:  # the same run promoted again: no new version, the same rule for the alias
+        moved = _move_alias(client, model_name, alias, existing, force)
         return _result(client.get_model_version(model_name, existing.version), moved=moved)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,8 +158,17 @@ def promote(
     version = str(info.registered_model_version)
     for key, value in {**tags, "checkpoint_uri": checkpoint_uri}.items():
         client.set_model_version_tag(model_name, version, key, value)
-    champion = _by_alias(client, model_name, alias)
-    beats = champion is None or val["loss"] < float(champion.tags.get("val_loss", "inf"))
+    registered = client.get_model_version(model_name, version)
+    moved = _move_alias(client, model_name, alias, registered, force)
+    return _result(registered, moved=moved)
+
+
+def _move_alias(client: MlflowClient, name: str, alias: str, version: Any, force: bool) -> bool:
+    """Point the alias at `version` if it has a lower validation loss than the alias's holder (or --force)."""
+    holder = _by_alias(client, name, alias)
+    if holder is not None and holder.version == str(version.version):
+        return False
+    beats = holder is None or float(version.tags["val_loss"]) < float(holder.tags.get("val_loss", "inf"))
     if beats or force:
-        _set_alias(client, model_name, alias, version)
-    return _result(client.get_model_version(model_name, version), moved=beats or force)
+        _set_alias(client, name, alias, version.version)
+    return beats or force

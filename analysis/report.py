@@ -14,10 +14,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.runs import Search, Trial, load_search  # noqa: E402
+from vae.figures import sample_grids  # noqa: E402
 from vae.loss import PER_BATCH  # noqa: E402
+from vae.train import load_model  # noqa: E402
 
 # The seed's validation losses (sums over a batch of 64), by (hidden, decoder, latent).
 SEED: dict[tuple[int, int, int], list[tuple[str, float]]] = {}
@@ -31,7 +34,10 @@ for _z, _v in ((2, 8989.65), (5, 6954.74), (10, 6035.80), (20, 5939.02)):
 GROUPS = (("hidden", "hidden size H"), ("decoder", "decoder id"), ("latent", "latent size Z"))
 
 
-def seed_figures(key: tuple[int, int, int]) -> str:
+def seed_figures(key: tuple[int, int, int], comparable: bool = True) -> str:
+    """The seed's figures for a config; none where our figure was measured on subsets (it would mislead)."""
+    if not comparable:
+        return "- (subset run)"
     entries = SEED.get(key, [])
     return "; ".join(f"{label}: {value:.2f} ({value / PER_BATCH:.2f}/img)" for label, value in entries) or "-"
 
@@ -48,17 +54,18 @@ def best_by(trials: list[Trial], param: str) -> dict[int, Trial]:
     return dict(sorted(out.items()))
 
 
-def _row(value: int, t: Trial) -> str:
+def _row(value: int, t: Trial, comparable: bool) -> str:
     best = next((r for r in t.history if r["epoch"] == t.best_epoch), {})
     config = ", ".join(f"{k}={t.params[k]}" for k in sorted(t.params))
     train = best.get("train_loss", math.nan)
     return (
         f"| {value} | {config} | {t.best_epoch} / {t.epochs} | {t.best_val_loss:.2f} | "
-        f"{t.best_val_loss * PER_BATCH:.2f} | {train * PER_BATCH:.2f} | {t.end_state} | {seed_figures(t.key)} |"
+        f"{t.best_val_loss * PER_BATCH:.2f} | {train * PER_BATCH:.2f} | {t.end_state} | "
+        f"{seed_figures(t.key, comparable)} |"
     )
 
 
-def table(trials: list[Trial], param: str, title: str) -> list[str]:
+def table(trials: list[Trial], param: str, title: str, comparable: bool = True) -> list[str]:
     lines = [
         f"### By {title}",
         "",
@@ -66,7 +73,7 @@ def table(trials: list[Trial], param: str, title: str) -> list[str]:
         "| train loss per 64 (best epoch) | end | seed (val, per 64) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [_row(v, t) for v, t in best_by(trials, param).items()]
+    lines += [_row(v, t, comparable) for v, t in best_by(trials, param).items()]
     return lines + [""]
 
 
@@ -95,17 +102,30 @@ def asha_savings(search: Search) -> tuple[int, int, int]:
 
 
 def _best_samples(client: MlflowClient, best: Trial, out: Path) -> list[str]:
-    """The best run's latest prior-sample grid (and manifold grid for Z=2), copied next to the report."""
-    names = sorted(a.path for a in client.list_artifacts(best.run_id, "samples"))
-    written = []
-    for kind in ("samples", "manifold"):
-        latest = [n for n in names if n.endswith(f"_{kind}.png")]
-        if latest:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = client.download_artifacts(best.run_id, latest[-1], tmp)
-                shutil.copy(local, out / f"best_{kind}.png")
-            written.append(f"best_{kind}.png")
+    """Prior samples (and the manifold for Z=2) drawn from the best run's best checkpoint, not its last epoch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(best.run_id, "checkpoint/best.pt", tmp)
+        except (MlflowException, OSError):
+            return []
+        model, config, _ = load_model(local)
+        paths = sample_grids(model.decoder, config.latent, tmp, seed=config.seed)
+        written = []
+        for path in paths:
+            shutil.copy(path, out / f"best_{path.name}")
+            written.append(f"best_{path.name}")
     return written
+
+
+def subset_note(config: dict) -> str | None:
+    """Why figures are not the seed's kind: trained or validated on part of the data, else None."""
+    data = config.get("data", {})
+    parts = []
+    if data.get("subset"):
+        parts.append(f"trained on the first {data['subset']:,} of the 50,000 training images")
+    if data.get("val_subset"):
+        parts.append(f"validated on the first {data['val_subset']:,} of the 10,000 validation images")
+    return " and ".join(parts) or None
 
 
 def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
@@ -116,6 +136,8 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
     states: dict[str, int] = {}
     for t in search.trials:
         states[t.end_state] = states.get(t.end_state, 0) + 1
+    note = subset_note(search.config)
+    comparable = note is None
     lines = [
         f"# Search `{experiment}`",
         "",
@@ -126,9 +148,13 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
         "Losses are the negative ELBO on the validation split, in nats per image and, as the seed reports "
         f"them, summed over a batch of {PER_BATCH}. The best run is the one with the lowest validation loss "
         "of any trial at any epoch (the seed's criterion); failed trials and replays of duplicates are left out "
-        "of every ranking.",
+        "of every ranking. Each trial's precision (fp32, or bf16 autocast of the training pass; validation is "
+        "always fp32) is in its config.",
         "",
     ]
+    if note:
+        lines += [f"**Subset run:** {note}. Its losses are not comparable with the seed's full-set figures, "
+                  "which are left out.", ""]  # fmt: skip
     if best is None:
         lines += ["No trial finished with a finite loss.", ""]
     else:
@@ -138,13 +164,13 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
             "",
             f"Run `{best.run_id}` ({best.name}): {config}; val loss {best.best_val_loss:.2f} nats/img "
             f"({best.best_val_loss * PER_BATCH:.2f} per {PER_BATCH}) at epoch {best.best_epoch} of {best.epochs}. "
-            f"Seed: {seed_figures(best.key)}.",
+            f"Seed: {seed_figures(best.key, comparable)}.",
             "",
         ]
         lines += [f"![{name}]({name})" for name in _best_samples(client, best, out)] + [""]
     lines += ["## Tables in the seed's shape", ""]
     for param, title in GROUPS:
-        lines += table(search.trials, param, title)
+        lines += table(search.trials, param, title, comparable)
     lines += ["## Curves", ""]
     for param, title in GROUPS:
         name = f"curves_{param}.png"

@@ -84,6 +84,9 @@ def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: 
     text = (tmp_path / "report.md").read_text()
     assert finished["summary"]["best_run_id"] in text
     assert (tmp_path / "best_samples.png").exists() and (tmp_path / "best_manifold.png").exists()
+    # the tiny search trained and validated on subsets: said, and no seed figure set beside its losses
+    assert "**Subset run:** trained on the first 1,024 of the 50,000 training images and validated on" in text
+    assert "Table 1:" not in text and "Table 2:" not in text and "Table 3:" not in text
 
 
 def test_promote_points_the_alias_at_the_best_run(promoted: dict, finished: dict, mlflow_url: str) -> None:
@@ -120,6 +123,21 @@ def test_a_worse_model_takes_the_alias_only_with_force_and_rollback_undoes_it(
     assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(worse["version"])
     back = promote(mlflow_url, "--rollback")
     assert back["version"] == promoted["version"]
+    assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(promoted["version"])
+
+
+def test_an_already_registered_better_run_takes_a_second_alias(promoted: dict, mlflow_url: str) -> None:
+    client = MlflowClient(mlflow_url)
+    exp = client.get_experiment_by_name("e2e").experiment_id
+    trained = [r for r in client.search_runs([exp], "tags.ray_trial_id != ''") if "duplicate_of" not in r.data.tags]
+    worst = max(trained, key=lambda r: r.data.metrics["best_val_loss"])
+    first = promote(mlflow_url, "--run-id", worst.info.run_id, "--alias", "staging")
+    assert first["alias_moved"]  # nobody held @staging
+    better = promote(mlflow_url, "--alias", "staging")  # the best run, registered already: no new version
+    assert better["version"] == promoted["version"] and better["alias_moved"]
+    assert client.get_model_version_by_alias("vae-mnist", "staging").version == str(promoted["version"])
+    again = promote(mlflow_url, "--run-id", worst.info.run_id, "--alias", "staging")
+    assert not again["alias_moved"] and again["version"] == first["version"]
     assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(promoted["version"])
 
 

@@ -27,3 +27,14 @@ def test_search_efficiency_benchmark_smoke(mnist_dir) -> None:
     assert result["fifo"]["epochs"] == 3 * 2  # FIFO trains every trial to max_epochs
     assert 0 < result["asha"]["epochs"] <= result["fifo"]["epochs"]
     assert result["setup_seconds_max"] > 0 and result["log_share"] >= 0
+
+
+def test_efficiency_benchmark_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/efficiency.py", "--smoke"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["matmul_gflop_s"] > 0 and [r["decoder"] for r in result["rows"]] == [1, 2, 3, 4, 5, 6]
+    for row in result["rows"]:  # counted FLOPs include the LSTM's, which the counter misses
+        assert row["images_per_s"] > 0 and row["mflop_per_image"] > 28 * 2 * 4 * 16 * (28 + 16) * 3 / 1e6

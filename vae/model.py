@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vae.layers import ConvTranspose2dOn1x1
+
 # id -> (linear width, reshape to (C, H, W), transposed convs (in, out, kernel, stride, padding))
 DECODERS: dict[int, tuple[int, tuple[int, int, int], list[tuple[int, int, int, int, int]]]] = {
     1: (6272, (128, 7, 7), [(128, 64, 4, 2, 1), (64, 1, 4, 2, 1)]),
@@ -25,7 +27,8 @@ def decoder(decoder_id: int, latent: int) -> nn.Sequential:
     width, shape, convs = DECODERS[decoder_id]
     layers: list[nn.Module] = [nn.Linear(latent, width), nn.ReLU(), nn.Unflatten(1, shape)]
     for i, (c_in, c_out, k, s, p) in enumerate(convs):
-        layers.append(nn.ConvTranspose2d(c_in, c_out, k, s, p))
+        on_1x1 = i == 0 and shape[1:] == (1, 1)  # decoders 3 and 4: the same layer, as one matrix product
+        layers.append((ConvTranspose2dOn1x1 if on_1x1 else nn.ConvTranspose2d)(c_in, c_out, k, s, p))
         if i < len(convs) - 1:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
