@@ -34,12 +34,25 @@ for _z, _v in ((2, 8989.65), (5, 6954.74), (10, 6035.80), (20, 5939.02)):
 GROUPS = (("hidden", "hidden size H"), ("decoder", "decoder id"), ("latent", "latent size Z"))
 
 
-def seed_figures(key: tuple[int, int, int], comparable: bool = True) -> str:
-    """The seed's figures for a config; none where our figure was measured on subsets (it would mislead)."""
+def verdict(ours_per_image: float, seed_per64: float) -> str:
+    """Our loss against the seed's, in percent of the seed's: within 2%, better (lower) or worse."""
+    diff = (ours_per_image * PER_BATCH - seed_per64) / seed_per64
+    word = "within 2%" if abs(diff) <= 0.02 else ("better" if diff < 0 else "worse")
+    return f"ours {100 * diff:+.1f}%, {word}"
+
+
+def seed_figures(key: tuple[int, int, int], ours: float | None = None, comparable: bool = True) -> str:
+    """The seed's figures for a config, with our difference; none where ours was measured on subsets."""
     if not comparable:
         return "- (subset run)"
     entries = SEED.get(key, [])
-    return "; ".join(f"{label}: {value:.2f} ({value / PER_BATCH:.2f}/img)" for label, value in entries) or "-"
+    return (
+        "; ".join(
+            f"{label}: {value:.2f} ({value / PER_BATCH:.2f}/img)" + (f", {verdict(ours, value)}" if ours else "")
+            for label, value in entries
+        )
+        or "-"
+    )
 
 
 def best_by(trials: list[Trial], param: str) -> dict[int, Trial]:
@@ -61,7 +74,7 @@ def _row(value: int, t: Trial, comparable: bool) -> str:
     return (
         f"| {value} | {config} | {t.best_epoch} / {t.epochs} | {t.best_val_loss:.2f} | "
         f"{t.best_val_loss * PER_BATCH:.2f} | {train * PER_BATCH:.2f} | {t.end_state} | "
-        f"{seed_figures(t.key, comparable)} |"
+        f"{seed_figures(t.key, t.best_val_loss, comparable)} |"
     )
 
 
@@ -164,7 +177,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
             "",
             f"Run `{best.run_id}` ({best.name}): {config}; val loss {best.best_val_loss:.2f} nats/img "
             f"({best.best_val_loss * PER_BATCH:.2f} per {PER_BATCH}) at epoch {best.best_epoch} of {best.epochs}. "
-            f"Seed: {seed_figures(best.key, comparable)}.",
+            f"Seed: {seed_figures(best.key, best.best_val_loss, comparable)}.",
             "",
         ]
         lines += [f"![{name}]({name})" for name in _best_samples(client, best, out)] + [""]

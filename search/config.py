@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -154,6 +154,10 @@ class SearchConfig(_Strict):
     tracking: Tracking = Tracking()
     storage_path: str | None = None
     """Ray's trial state; every node must reach it (NFS or object storage on a cluster)."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    """asha stops weak trials early; fifo runs every trial to max_epochs or early stopping (a report's protocol)."""
+    points: list[dict[str, Any]] = []
+    """Trials to run first, before the sampler proposes: each a full set of the space's values (a warm start)."""
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SearchConfig:
@@ -161,6 +165,24 @@ class SearchConfig(_Strict):
             raise _FieldError(
                 "asha.grace_period",
                 f"must be at most budget.max_epochs ({self.budget.max_epochs}), got {self.asha.grace_period}",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _points_in_space(self) -> SearchConfig:
+        keys = [k for k in ("hidden", "decoder", "latent", "lr", "batch_size") if getattr(self.space, k) is not None]
+        for i, point in enumerate(self.points):
+            if sorted(point) != sorted(keys):
+                raise _FieldError(f"points.{i}", f"must give exactly {', '.join(keys)}, got {sorted(point)}")
+            for key in keys:
+                allowed = getattr(self.space, key)
+                value = point[key]
+                ok = value in allowed if isinstance(allowed, list) else allowed.low <= value <= allowed.high
+                if isinstance(value, bool) or not isinstance(value, int | float) or not ok:
+                    raise _FieldError(f"points.{i}.{key}", f"must be in the space's {key} ({allowed}), got {value!r}")
+        if len(self.points) > self.budget.num_samples:
+            raise _FieldError(
+                "points", f"{len(self.points)} points but budget.num_samples is {self.budget.num_samples}"
             )
         return self
 

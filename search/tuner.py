@@ -129,7 +129,9 @@ def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, paren
         "data_dir": str(data_dir),
         "samples_every": cfg.tracking.samples_every,
         # a pruned trial's last epoch must have its sample grid: draw one wherever ASHA may stop it
-        "rung_epochs": rung_epochs(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor),
+        "rung_epochs": rung_epochs(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
+        if cfg.scheduler == "asha"
+        else [],
         "cpus": cfg.resources.cpus,
         "gpus": cfg.resources.gpus,
     }
@@ -268,6 +270,7 @@ def _tune(
     """Build (or restore) the Tuner, run it, then reconcile MLflow with what Ray knows."""
     import optuna
     from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
 
     from search.callbacks import FailFast, HonestOptunaSearch, TrackingCallback
     from search.console import Console
@@ -295,10 +298,15 @@ def _tune(
             metric=METRIC,
             mode=MODE,
             sampler=sampler,
+            points_to_evaluate=[dict(p) for p in cfg.points] or None,
             study_name=cfg.name,
             storage=optuna.storages.RDBStorage(study_url(search_dir)),
         )
-        scheduler = asha(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
+        scheduler = (
+            asha(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
+            if cfg.scheduler == "asha"
+            else FIFOScheduler()
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -68,6 +68,8 @@ def test_report_tables_match_known_metric_values(mlflow_url: str, tmp_path: Path
     # by decoder: decoder 6's best is a, with both seed figures for H=128, decoder 6, Z=2
     row6 = next(line for line in report.splitlines() if line.startswith("| 6 |"))
     assert "140.00 | 8960.00" in row6 and "Table 2: 9093.10" in row6 and "Table 3: 8989.65" in row6
+    assert "Table 2: 9093.10 (142.08/img), ours -1.5%, within 2%" in row6  # 8960 against 9093.10
+    assert "Table 3: 8989.65 (140.46/img), ours -0.3%, within 2%" in row6
     assert "| 5 | decoder=1, hidden=128, latent=5 |" in report
     # 4 trained trials of 4+1+4+1 epochs (the duplicate replayed 1) against 5 x 4 = 20
     assert "Trials trained 10 epochs (and replayed 1" in report and "would take 20: 50%" in report

@@ -240,3 +240,23 @@ def test_a_raising_trial_fails_once_and_the_search_goes_on(mlflow_url: str, tmp_
         assert line.endswith(run.data.tags["end_reason"])
     started = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("trial ") and " started" in line]
     assert len(started) == 3 and len(set(started)) == 3  # the failure was not retried
+
+
+def test_fixed_points_run_first_and_fifo_trains_every_trial_to_the_end(mlflow_url: str, tmp_path: Path) -> None:
+    points = [{"hidden": 16, "decoder": 3, "latent": 2}, {"hidden": 8, "decoder": 1, "latent": 3}]
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16], "decoder": [1, 3], "latent": [2, 3]},
+        budget={"num_samples": 2, "max_epochs": 2, "max_concurrent": 1},
+        scheduler="fifo",
+        points=points,
+    )
+    proc = search(config, "points", mlflow_url, tmp_path / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(mlflow_url)
+    _, kids = children(client, "points")
+    ran = sorted(kids, key=lambda r: r.info.start_time)
+    assert [{k: int(r.data.params[k]) for k in ("hidden", "decoder", "latent")} for r in ran] == points
+    for run in ran:  # nothing pruned: each trial ran to max_epochs
+        assert run.data.tags["end_state"] == "completed"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]

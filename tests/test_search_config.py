@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import assert_one_line_error, run_cli, write_config
 
+POINT = {"hidden": 8, "decoder": 1, "latent": 2}
+
 
 @pytest.mark.parametrize(
     "sections, field",
@@ -25,6 +27,10 @@ from tests.conftest import assert_one_line_error, run_cli, write_config
         ({"train": {"lr": -1}}, "train.lr"),
         ({"resources": {"gpus": -1}}, "resources.gpus"),
         ({"asha": {"grace": 1}}, "asha.grace"),
+        ({"scheduler": "hyperband"}, "scheduler"),
+        ({"points": [{"hidden": 8, "decoder": 1}]}, "points.0"),
+        ({"points": [POINT, {**POINT, "hidden": 9}]}, "points.1.hidden"),
+        ({"points": [POINT] * 7}, "points"),
     ],
 )
 def test_bad_config_values_exit_2_naming_the_field(sections: dict, field: str, tmp_path: Path) -> None:
