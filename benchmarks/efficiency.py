@@ -7,7 +7,9 @@ that those FLOPs per second make. FLOPs come from torch.utils.flop_counter,
 which counts matmuls and (transposed) convolutions but not the LSTM: its gate
 products, 2 x 4H x (28 + H) per row and 28 rows, forward, and twice that
 backward, are added by hand. Elementwise work (activations, the loss, Adam) is
-not counted, so the share is a slight underestimate.
+not counted, so the share is a slight underestimate. Leaf ops are the ATen
+operations of one profiled step; on a GPU each is about one kernel launch
+(docs/gpu.md).
 
     python benchmarks/efficiency.py [--threads 2] [--hidden 64 128 256] [--seconds 3] [--smoke]
 """
@@ -19,6 +21,7 @@ import json
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from vae.loss import neg_elbo
@@ -59,13 +62,16 @@ def _step(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, gen: torch.Ge
 def measure(decoder: int, hidden: int, latent: int, precision: str, seconds: float) -> dict:
     torch.manual_seed(0)
     model = VAE(decoder, hidden, latent)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     x = torch.rand(BATCH, 1, 28, 28)
     gen = torch.Generator().manual_seed(1)
     bf16 = precision == "bf16"
     with FlopCounterMode(display=False) as counter:
         _step(model, opt, x, gen, bf16=False)
     flops = counter.get_total_flops() / BATCH + lstm_flops_per_image(hidden)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:  # leaf ATen ops: on a GPU, about one launch each
+        _step(model, opt, x, gen, bf16)
+    leaf_ops = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children)
     for _ in range(3):  # warm-up: oneDNN builds its primitives on first use
         _step(model, opt, x, gen, bf16)
     steps, start = 0, time.perf_counter()
@@ -79,6 +85,7 @@ def measure(decoder: int, hidden: int, latent: int, precision: str, seconds: flo
         "precision": precision,
         "images_per_s": rate,
         "mflop_per_image": flops / 1e6,
+        "leaf_ops_per_step": leaf_ops,
     }
 
 

@@ -137,7 +137,9 @@ class Tracking(_Strict):
 
     tracking_uri: str | None = None
     samples_every: PositiveInt = 5
-    """Log sample grids every this many epochs, and at the end."""
+    """Log sample grids every this many epochs, at every ASHA rung, and at the end."""
+    system_metrics_s: Annotated[float, Field(ge=0)] = 10
+    """Sample each trial's CPU, memory and GPU use every this many seconds (MLflow system metrics); 0: off."""
 
 
 class SearchConfig(_Strict):

@@ -126,8 +126,8 @@ class Tracker:
             return exp.experiment_id
         return self.client.create_experiment(name)
 
-    def start_parent(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        run = self.client.create_run(experiment_id, run_name=name, tags={SEARCH_TAG: name, **tags})
+    def start_parent(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
+        run = self.client.create_run(experiment_id, run_name=name, tags=_text({SEARCH_TAG: name, **tags}))
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id
 
@@ -231,6 +231,23 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def system_metrics(self, run_id: str, interval_s: float, resumed: bool) -> Any:
+        """MLflow's system-metrics sampler (CPU, memory, disk, network, GPU where present) on a run, started.
+
+        Call `finish()` on what it returns. A resumed trial continues its steps.
+        """
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=self.client.tracking_uri
+        )
+        monitor.start()
+        return monitor
+
+    def log_image(self, run_id: str, pixels: Any, key: str, step: int) -> None:
+        """An image under `key` at `step`: the run page shows each key with a step slider."""
+        self.client.log_image(run_id, pixels, key=key, step=step, synchronous=True)
 
     # -- a single `vaesearch train` run --
 

@@ -23,7 +23,7 @@ from ray import tune
 from search.tracking import END_REASON, END_STATE, ERROR_TYPE, Sender, Tracker, config_key, patiently
 from vae import checkpoint, data
 from vae.config import TrainConfig
-from vae.figures import sample_grids
+from vae.figures import grid_pixels, grids
 from vae.precision import resolve_precision
 from vae.train import Trainer
 
@@ -99,11 +99,15 @@ def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
     work = Path(tempfile.mkdtemp(prefix="vaesearch-trial-"))
     uploads = Sender(f"trial-{ctx.get_trial_id()}")
     trial = _Trial(settings, tracker, run_id, work, uploads)
+    interval = settings["system_metrics_s"]
+    monitor = tracker.system_metrics(run_id, interval, resumed=resume_from is not None) if interval else None
     try:
         trial.run(config, resume_from)
     except Exception as e:  # raised by training code; SystemExit (Ray's stop) passes through
         trial.fail(e)
     finally:  # uploads first: a snapshot still queued must not lose its file
+        if monitor is not None:
+            monitor.finish()
         uploads.flush(FINAL_FLUSH_S)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -157,7 +161,7 @@ class _Trial:
             grid_seconds = 0.0
             if result.stop or result.epoch % self.settings["samples_every"] == 0 or result.epoch in self.rungs:
                 grid_start = time.perf_counter()
-                _log_grids(trainer, self.work, result.epoch, self.tracker, self.run_id, self.uploads)
+                self.log_grids(result.epoch)
                 grid_seconds = time.perf_counter() - grid_start
             self.uploads.flush(FINAL_FLUSH_S if result.stop else REPORT_FLUSH_S)
             # What logging cost this epoch's training: the wait for uploads, not the drawing of grids.
@@ -169,6 +173,15 @@ class _Trial:
             self.report(report, checkpoint=True)
             if result.stop:
                 return
+
+    def log_grids(self, epoch: int) -> None:
+        """The epoch's sample grids as MLflow images with the epoch as step (the UI's step slider)."""
+        trainer = self.trainer
+        for key, images in grids(trainer.model.decoder, trainer.config.latent, seed=trainer.config.seed).items():
+            pixels = grid_pixels(images)
+            self.uploads.submit(
+                f"{key} grid, epoch {epoch}", lambda k=key, p=pixels: self.tracker.log_image(self.run_id, p, k, epoch)
+            )
 
     def snapshot_best(self, epoch: int) -> None:
         checkpoint.save(_weights(self.trainer), self.best)
@@ -221,11 +234,3 @@ def _upload_once(tracker: Tracker, run_id: str, path: Path, artifact_dir: str) -
     """Upload a snapshot, then drop its folder: a later best must not wait behind old copies on disk."""
     tracker.log_artifact(run_id, path, artifact_dir)
     shutil.rmtree(path.parent, ignore_errors=True)
-
-
-def _log_grids(trainer: Trainer, work: Path, epoch: int, tracker: Tracker, run_id: str, uploads: Sender) -> None:
-    folder = work / f"grids-{epoch}"
-    for path in sample_grids(trainer.model.decoder, trainer.config.latent, folder, seed=trainer.config.seed):
-        named = path.with_name(f"epoch_{epoch:03d}_{path.name}")
-        path.rename(named)
-        uploads.submit(f"grid {named.name}", lambda p=named: tracker.log_artifact(run_id, p, "samples"))

@@ -128,6 +128,7 @@ def settings_for(cfg: SearchConfig, tracking_uri: str, experiment_id: str, paren
         "val_subset": cfg.data.val_subset,
         "data_dir": str(data_dir),
         "samples_every": cfg.tracking.samples_every,
+        "system_metrics_s": cfg.tracking.system_metrics_s,
         # a pruned trial's last epoch must have its sample grid: draw one wherever ASHA may stop it
         "rung_epochs": rung_epochs(cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
         if cfg.scheduler == "asha"
@@ -150,7 +151,8 @@ def _probe(address: str) -> None:
         raise SearchError(f"--address: no Ray cluster answers at {address} ({e.strerror or e})") from None
 
 
-def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = False) -> None:
+def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = False) -> dict[str, Any]:
+    """Start or join Ray; the cluster's shape (nodes, CPUs, GPUs) for the parent run."""
     import ray
 
     if address is not None:
@@ -183,6 +185,7 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
     cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
     gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
     log(f"ray: {len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs{' at ' + address if address else ' (local)'}")
+    return {"cluster_nodes": len(nodes), "cluster_cpus": cpus, "cluster_gpus": gpus}
 
 
 def run_search(
@@ -213,11 +216,11 @@ def run_search(
     data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
     md5s = data.prepare(data_dir, log=lambda m: None)
     check_precision(cfg, log)
-    ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no empty run
+    cluster = ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no run
     space, study_storage = space_spec(cfg), study_url(search_dir)
     if resume:
         experiment_id, parent = state["experiment_id"], state["parent_run_id"]
-        tracker.set_tags(parent, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        tracker.set_tags(parent, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **cluster})
     else:
         experiment_id = tracker.experiment_id(cfg.name)
         parent = tracker.start_parent(
@@ -231,7 +234,7 @@ def run_search(
                 "git_commit": git_commit(),
                 **{f"md5_{k}": v for k, v in md5s.items()},
             },
-            tags={"storage_path": str(root), "kind": "search"},
+            tags={"storage_path": str(root), "kind": "search", **cluster},
         )
         search_dir.mkdir(parents=True, exist_ok=True)
         state = {

@@ -130,7 +130,8 @@ def write_config(path: Path, **sections: dict) -> Path:
         "asha": {"grace_period": 1, "reduction_factor": 2},
         "sampler": {"seed": 0, "n_startup_trials": 2},
         "data": {"subset": 1024, "val_subset": 128},
-        "tracking": {"samples_every": 5},  # beyond max_epochs: grids come only where a trial may stop
+        # samples_every beyond max_epochs: grids come only where a trial may stop; system metrics often enough to see
+        "tracking": {"samples_every": 5, "system_metrics_s": 0.5},
     }
     for key, value in sections.items():
         config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value

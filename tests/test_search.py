@@ -36,6 +36,7 @@ def test_every_trial_ends_with_a_nested_child_run(finished: dict, mlflow_url: st
     assert len(kids) == 6
     assert parent.data.params["optuna_study"] == "e2e" and "md5_train-images-idx3-ubyte" in parent.data.params
     assert parent.data.tags["status"] == "finished"
+    assert parent.data.tags["cluster_nodes"] == "1" and float(parent.data.tags["cluster_cpus"]) >= 1
     for run in kids:
         assert run.data.tags["end_state"] in {"completed", "early_stopped", "pruned"}, run.data.tags
         assert run.data.tags["ray_trial_id"]
@@ -46,10 +47,13 @@ def test_every_trial_ends_with_a_nested_child_run(finished: dict, mlflow_url: st
     trained = [r for r in kids if "duplicate_of" not in r.data.tags]
     for run in trained:  # pruned ones too: the grid of the last epoch, and the best weights
         last = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
-        names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
-        assert f"samples/epoch_{last:03d}_samples.png" in names, (run.data.tags["end_state"], names)
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]  # MLflow's stepped images
+        for key in ("samples", "manifold"):  # Z=2: prior draws and the manifold, at the last epoch's step
+            assert any(p.startswith(f"images/{key}+step+{last}+") for p in images), (run.data.tags, images)
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {"checkpoint/best.pt"}
         assert run.data.params["precision"] in {"fp32", "bf16"}
+        system = {k for k in run.data.metrics if k.startswith("system/")}  # MLflow's system metrics, sampled
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
 
 
 def test_asha_pruned_a_trial_and_optuna_knows_it(finished: dict, mlflow_url: str) -> None:
@@ -81,7 +85,7 @@ def test_a_duplicate_config_replays_instead_of_training(finished: dict, mlflow_u
     for dup in dups:
         original = by_id[dup.data.tags["duplicate_of"]]
         assert original.data.tags["config_key"] == dup.data.tags["config_key"]
-        assert original.data.tags["end_state"] in {"completed", "early_stopped"}
+        assert original.data.tags["end_state"] in {"completed", "early_stopped", "pruned"}  # a twin with a history
         assert not client.list_artifacts(dup.info.run_id, "checkpoint")  # nothing trained, nothing saved
         got = [m.value for m in sorted(client.get_metric_history(dup.info.run_id, "val_loss"), key=lambda m: m.step)]
         want = [

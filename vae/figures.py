@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are files; never open a window
 import matplotlib.image  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -56,10 +57,20 @@ def save_grid(images: torch.Tensor, path: str | Path, rows: int = 10) -> Path:
     return path
 
 
+def grids(decoder: nn.Module, latent: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The grids a run shows, as images in [0, 1]: prior draws (`samples`) and, for Z=2, the `manifold`."""
+    out = {"samples": decode_images(decoder, prior_latents(latent, seed=seed))}
+    if latent == 2:
+        out["manifold"] = decode_images(decoder, manifold_latents())
+    return out
+
+
+def grid_pixels(images: torch.Tensor, rows: int = 10) -> np.ndarray:
+    """A tiled grid as 8-bit grayscale pixels (rows*28, cols*28), what an image logger takes."""
+    return (tile(images, rows) * 255).round().to(torch.uint8).numpy()
+
+
 def sample_grids(decoder: nn.Module, latent: int, out_dir: str | Path, seed: int = 0) -> list[Path]:
     """samples.png (prior draws) and, for Z=2, manifold.png (the walk over [-1, 1]^2)."""
     out_dir = Path(out_dir)
-    paths = [save_grid(decode_images(decoder, prior_latents(latent, seed=seed)), out_dir / "samples.png")]
-    if latent == 2:
-        paths.append(save_grid(decode_images(decoder, manifold_latents()), out_dir / "manifold.png"))
-    return paths
+    return [save_grid(images, out_dir / f"{name}.png") for name, images in grids(decoder, latent, seed).items()]
