@@ -219,26 +219,32 @@ def _last_line(data_dir: Path) -> str:
     return lines[-1] if lines else "empty log"
 
 
-def _kill_group(pid: int, grace: float = 10.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
+def _gone(pid: int, seconds: float) -> bool:
+    """Wait up to `seconds` for the process group `pid` to be gone; True if it is."""
+    deadline = time.monotonic() + seconds
+    while True:
         try:  # reap it if it is our child
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+
+
+def _kill_group(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the group, SIGKILL what is left after `grace`; return once it is gone (or `grace` more passed)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        if _gone(pid, grace):
+            return
 
 
 def stop(data_dir: Path) -> ServerInfo | None:

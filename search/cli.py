@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--tracking-uri", default=None, help="MLflow server (default: the one each search used)")
     ls.set_defaults(handler=cmd_searches)
 
+    db = sub.add_parser("dashboard", help="serve the Optuna dashboard on a search's study (no authentication)")
+    db.add_argument("name", help="the search's name")
+    db.add_argument("--storage-path", default=None, help="where searches keep Ray's state (default ~/vaesearch/ray)")
+    db.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; another host needs --insecure")
+    db.add_argument("--port", type=positive, default=8080, help="default 8080")
+    db.add_argument("--insecure", action="store_true", help="bind a non-loopback host: anyone reaching it sees all")
+    db.set_defaults(handler=cmd_dashboard)
+
     rp = sub.add_parser("report", help="write report.md and plots for a search, from MLflow")
     rp.add_argument("--experiment", required=True, help="the search's name")
     rp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
@@ -303,6 +311,28 @@ def cmd_searches(args: argparse.Namespace) -> int:
         print("no searches")
     for row in rows:
         print(json.dumps(row))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from mlflow_server.server import is_loopback, port_in_use
+    from search.status import study_storage
+
+    if not is_loopback(args.host) and not args.insecure:
+        raise UsageError(
+            f"--host: {args.host} is not a loopback address and optuna-dashboard has no authentication; "
+            "add --insecure to serve it to anyone who reaches the port"
+        )
+    storage = study_storage(args.storage_path, args.name)
+    if port_in_use(args.host, args.port):
+        raise UsageError(f"--port: port {args.port} on {args.host} is taken by another process; choose another port")
+    import optuna_dashboard
+
+    print(f"Optuna dashboard for {args.name}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:  # the way to stop it: not an error
+        print("dashboard stopped")
     return 0
 
 

@@ -10,13 +10,15 @@ from typing import Any
 from search.config import SearchError, vaesearch_home
 from search.tracking import END_STATE, Tracker
 
+STATE_FILE = "vaesearch.json"  # beside Ray's state: the config and the MLflow parent run of a search
+
 
 def list_searches(storage_path: str | None, tracking_uri: str | None) -> list[dict[str, Any]]:
     root = Path(storage_path).expanduser().resolve() if storage_path else vaesearch_home() / "ray"
     if storage_path and not root.is_dir():
         raise SearchError(f"--storage-path: {root} is not a folder")
     rows = []
-    for state_file in sorted(root.glob("*/vaesearch.json")):
+    for state_file in sorted(root.glob(f"*/{STATE_FILE}")):
         state = json.loads(state_file.read_text())
         row: dict[str, Any] = {"name": state["name"], "created": state.get("created")}
         tracker = Tracker(tracking_uri or state["tracking_uri"])
@@ -45,3 +47,13 @@ def list_searches(storage_path: str | None, tracking_uri: str | None) -> list[di
         )
         rows.append(row)
     return rows
+
+
+def study_storage(storage_path: str | None, name: str) -> str:
+    """The Optuna storage URL of the search `name` (its optuna.db beside Ray's state)."""
+    root = Path(storage_path).expanduser().resolve() if storage_path else vaesearch_home() / "ray"
+    from search.tuner import study_url
+
+    if not (root / name / STATE_FILE).is_file():
+        raise SearchError(f"name: no search named {name!r} under {root} (see vaesearch searches)")
+    return study_url(root / name)

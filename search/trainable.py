@@ -82,13 +82,13 @@ def train_trial(sampled: dict[str, Any], settings: dict[str, Any]) -> None:
         lambda: tracker.child_run(exp_id, parent, ctx.get_trial_id(), ctx.get_trial_name(), sampled, tags),
         "finding this trial's run",
     )
-    resume_from = tune.get_checkpoint()
-    ended = patiently(lambda: tracker.end_of(run_id), "reading how this trial ended") if resume_from else None
-    if ended and ended[0] != "killed":  # it ended before the driver was lost, which Ray's state may not know
-        with resume_from.as_directory() as d:
-            last = checkpoint.load(Path(d) / "last.pt")["history"][-1]
+    ended = patiently(lambda: tracker.end_of(run_id), "reading how this trial ended")
+    if ended and ended[0] != "killed":  # it ended before the driver was lost, which Ray's saved state may not know
+        rows = patiently(lambda: tracker.history(run_id), "this trial's history")
+        last = rows[-1] if rows else {"epoch": 0, "best_val_loss": math.inf}
         tune.report({**last, END_STATE: ended[0], END_REASON: ended[1], "mlflow_run_id": run_id})
         return
+    resume_from = tune.get_checkpoint()
     if resume_from is None:
         twin = patiently(lambda: tracker.finished_twin(exp_id, parent, config_key(sampled), exclude=run_id), "twins")
         rows = patiently(lambda: tracker.history(twin.info.run_id), "the twin's history") if twin else []

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from search.config import SearchConfig, SearchError, SearchStopped, vaesearch_home
+from search.status import STATE_FILE
 from search.tracking import END_REASON, END_STATE, TRIAL_ID, Tracker
 from vae import checkpoint, data
 from vae.config import ConfigError
 from vae.files import atomic_write, file_in_the_way
 
-STATE_FILE = "vaesearch.json"
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 METRIC, MODE = "best_val_loss", "min"
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import matplotlib.image
@@ -12,7 +16,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis.report import write_report
-from tests.conftest import assert_one_line_error, promote, run_cli, search, write_config
+from mlflow_server import server
+from tests.conftest import REPO, assert_one_line_error, promote, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -191,3 +196,27 @@ def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, tmp_
     assert_one_line_error(proc, "--experiment", "no-such-search")
     proc = run_cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--run-id", "0" * 32)
     assert_one_line_error(proc, "--run-id")
+
+
+def test_dashboard_serves_the_searchs_study_and_stops_on_ctrl_c(finished: dict) -> None:
+    port = server.free_port()
+    cmd = [sys.executable, "-m", "search", "dashboard", "e2e", "--storage-path", str(finished["storage"]),
+           "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while time.monotonic() < deadline and studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    studies = json.loads(resp.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "the dashboard never answered"
+        (study,) = [s for s in studies if s["study_name"] == "e2e"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=5) as resp:
+            assert len(json.loads(resp.read())["trials"]) == 6
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.startswith(f"Optuna dashboard for e2e: http://127.0.0.1:{port}")

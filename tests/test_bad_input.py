@@ -40,6 +40,8 @@ DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port here
         (["train", "--decoder", "1", "--hidden", "8", "--latent", "2", "--out", "c.yaml"], "--out"),
         (["train", "--decoder", "1", "--hidden", "8", "--latent", "2", "--out", "c.yaml/run"], "--out"),
         (["search", "--config", "c.yaml", "--storage-path", "c.yaml"], "--storage-path"),
+        (["dashboard", "nosuch", "--storage-path", "."], "nosuch"),
+        (["dashboard", "nosuch", "--host", "0.0.0.0"], "--host"),
         (["search", "--config", "c.yaml", "--storage-path", "c.yaml/ray"], "--storage-path"),
     ],
 )
