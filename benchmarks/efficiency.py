@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vae.loss import neg_elbo
 from vae.model import DECODERS, VAE
 from vae.precision import bf16_support
+from vae.train import adam
 
 BATCH = 64
 
@@ -62,7 +63,7 @@ def _step(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, gen: torch.Ge
 def measure(decoder: int, hidden: int, latent: int, precision: str, seconds: float) -> dict:
     torch.manual_seed(0)
     model = VAE(decoder, hidden, latent)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+    opt = adam(model.parameters(), 1e-3)  # the trainer's own optimizer
     x = torch.rand(BATCH, 1, 28, 28)
     gen = torch.Generator().manual_seed(1)
     bf16 = precision == "bf16"

@@ -47,6 +47,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel: one pass over each tensor instead of a dozen elementwise ops.
+
+    On a CPU the unfused update of decoder 4's 5.7M parameters cost as much as its
+    matrix products (docs/benchmarks.md); the maths is Adam's either way.
+    """
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], pixels / 255 as DESIGN.md says."""
     return images.unsqueeze(1).to(torch.float32).div_(255.0)
@@ -94,7 +103,7 @@ class Trainer:
         self.config = config = dataclasses.replace(config, precision=precision)
         set_seed(config.seed)
         self.model = VAE(config.decoder, config.hidden, config.latent).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = adam(self.model.parameters(), config.lr)
         self.train_data = _on(splits["train"].head(config.subset), self.device)
         self.val_data = _on(splits["val"].head(config.val_subset), self.device)
         # Shuffling and the reparameterisation noise have generators of their own,
