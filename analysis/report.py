@@ -5,6 +5,7 @@ Writes report.md and PNGs into a folder and logs them to the search's parent run
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 import tempfile
@@ -17,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from analysis.runs import Search, Trial, load_search  # noqa: E402
+from analysis import review  # noqa: E402
+from analysis.runs import CURVES, Search, Trial, load_search  # noqa: E402
 from vae.figures import sample_grids  # noqa: E402
 from vae.loss import PER_BATCH  # noqa: E402
 from vae.train import load_model  # noqa: E402
@@ -141,6 +143,49 @@ def subset_note(config: dict) -> str | None:
     return " and ".join(parts) or None
 
 
+def write_trials_csv(search: Search, path: Path) -> Path:
+    """One row per trial and epoch: the run, its params and end, and the epoch's metrics."""
+    params = sorted({k for t in search.trials for k in t.params})
+    columns = ["run_id", "name", *params, "end_state", "duplicate_of", "epoch", *CURVES]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for t in sorted(search.trials, key=lambda t: t.name):
+            head = {"run_id": t.run_id, "name": t.name, **t.params, "end_state": t.end_state,
+                    "duplicate_of": t.duplicate_of or ""}  # fmt: skip
+            for row in t.history:
+                writer.writerow({**head, **row})
+    return path
+
+
+def review_section(client: MlflowClient, search: Search, out: Path) -> list[str]:
+    """What mattered: importance, parallel coordinates, best-so-far against compute, ASHA's rungs."""
+    lines = ["## What mattered", ""]
+    scores = review.importance(search)
+    if scores:
+        params = list(next(iter(scores.values())))
+        lines += [
+            "Importance of each searched parameter for the best validation loss (Optuna's evaluators on the "
+            "trials as MLflow holds them; each column sums to 1):",
+            "",
+            "| parameter | " + " | ".join(scores) + " |",
+            "|---|" + "---|" * len(scores),
+        ]
+        lines += [f"| {p} | " + " | ".join(f"{scores[e].get(p, 0.0):.2f}" for e in scores) + " |" for p in params]
+        lines += [""]
+    else:
+        lines += ["Too few ranked trials, or no parameter that varied, for importance.", ""]
+    if review.parallel_coordinates(search, out / "parallel_coordinates.png"):
+        lines += ["![parallel coordinates](parallel_coordinates.png)", ""]
+    if review.plot_best_so_far(review.best_so_far(client, search), out / "best_so_far.png"):
+        lines += ["![best so far](best_so_far.png)", ""]
+    rungs = review.asha_rungs(search)
+    if rungs:
+        lines += ["| ASHA rung (epoch) | trials that reached it | went on past it |", "|---|---|---|"]
+        lines += [f"| {r} | {reached} | {kept} |" for r, reached, kept in rungs] + [""]
+    return lines
+
+
 def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
     """report.md and its PNGs in `out`, also logged to the parent run under report/."""
     search = load_search(client, experiment)
@@ -189,6 +234,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
         name = f"curves_{param}.png"
         curves(search.trials, param, title, out / name)
         lines += [f"![{title}]({name})", ""]
+    lines += review_section(client, search, out)
     trained, replayed, fifo = asha_savings(search)
     if fifo:
         lines += [
@@ -199,9 +245,11 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
             "(ASHA's stops, early stopping and duplicate replays together).",
             "",
         ]
+    write_trials_csv(search, out / "trials.csv")
+    lines += ["Every trial's per-epoch metrics: [trials.csv](trials.csv) (re-plot without MLflow).", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     for path in sorted(out.iterdir()):
-        if path.suffix in (".md", ".png"):
+        if path.suffix in (".md", ".png", ".csv"):
             client.log_artifact(search.parent.info.run_id, str(path), "report")
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -94,6 +95,19 @@ def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: 
     # the tiny search trained and validated on subsets: said, and no seed figure set beside its losses
     assert "**Subset run:** trained on the first 1,024 of the 50,000 training images and validated on" in text
     assert "Table 1:" not in text and "Table 2:" not in text and "Table 3:" not in text
+    # what mattered: importance by two evaluators, parallel coordinates, best so far, ASHA's rungs
+    assert "| parameter | fANOVA | PED-ANOVA |" in text and "| hidden |" in text
+    assert "| ASHA rung (epoch) | trials that reached it | went on past it |" in text and "| 1 | 6 |" in text
+    for png in ("parallel_coordinates.png", "best_so_far.png"):
+        assert (tmp_path / png).stat().st_size > 1000 and f"]({png})" in text
+    with open(tmp_path / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    client = MlflowClient(mlflow_url)
+    kids = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.ray_trial_id != ''")
+    assert len(rows) == sum(len(client.get_metric_history(r.info.run_id, "val_loss")) for r in kids)
+    parent = client.get_run(finished["summary"]["parent_run_id"])
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/parallel_coordinates.png", "report/best_so_far.png", "report/trials.csv"} <= logged
 
 
 def test_promote_points_the_alias_at_the_best_run(promoted: dict, finished: dict, mlflow_url: str) -> None:
