@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -246,8 +248,25 @@ class Tracker:
         return monitor
 
     def log_image(self, run_id: str, pixels: Any, key: str, step: int) -> None:
-        """An image under `key` at `step`: the run page shows each key with a step slider."""
-        self.client.log_image(run_id, pixels, key=key, step=step, synchronous=True)
+        """An image under `key` at `step`: the run page shows each key with a step slider.
+
+        Written as `MlflowClient.log_image(key=, step=)` writes it (a PNG, a compressed
+        WEBP the UI displays, the `mlflow.loggedImages` tag), but with the `%`-separated
+        names the UI also reads: MLflow 3.17's client names them with `+`, which its UI
+        requests unescaped, so the server reads a space and answers 404 ("No image
+        logged at this step", seen in Chromium).
+        """
+        from mlflow.tracking.multimedia import compress_image_size
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
+        from PIL import Image
+
+        image = Image.fromarray(pixels)
+        stem = f"{key}%step%{step}%timestamp%{int(time.time() * 1000)}%{uuid.uuid4()}"
+        with tempfile.TemporaryDirectory() as folder:
+            image.save(Path(folder) / f"{stem}.png")
+            compress_image_size(image).save(Path(folder) / f"{stem}%compressed.webp")
+            self.client.log_artifacts(run_id, folder, "images")
+        self.client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, "True")
 
     # -- a single `vaesearch train` run --
 

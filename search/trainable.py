@@ -153,6 +153,8 @@ class _Trial:
             last = trainer.history[-1]
             self.report({**last, END_STATE: stop, END_REASON: reason})
             return
+        if trainer.epoch == 0:  # the untrained model's grids: step 0, where the UI's slider starts
+            self.log_grids(0)
         while True:
             result = trainer.step()
             waited = time.perf_counter()

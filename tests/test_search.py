@@ -48,8 +48,10 @@ def test_every_trial_ends_with_a_nested_child_run(finished: dict, mlflow_url: st
     for run in trained:  # pruned ones too: the grid of the last epoch, and the best weights
         last = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]  # MLflow's stepped images
-        for key in ("samples", "manifold"):  # Z=2: prior draws and the manifold, at the last epoch's step
-            assert any(p.startswith(f"images/{key}+step+{last}+") for p in images), (run.data.tags, images)
+        for key in ("samples", "manifold"):  # Z=2: prior draws and the manifold, at step 0 and the last epoch's
+            assert any(p.startswith(f"images/{key}%step%{last}%") and p.endswith(".png") for p in images), images
+            assert any(p.startswith(f"images/{key}%step%0%") for p in images), images
+            assert any(p.startswith(f"images/{key}%step%{last}%") and p.endswith("%compressed.webp") for p in images)
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {"checkpoint/best.pt"}
         assert run.data.params["precision"] in {"fp32", "bf16"}
         system = {k for k in run.data.metrics if k.startswith("system/")}  # MLflow's system metrics, sampled
@@ -264,3 +266,24 @@ def test_fixed_points_run_first_and_fifo_trains_every_trial_to_the_end(mlflow_ur
     for run in ran:  # nothing pruned: each trial ran to max_epochs
         assert run.data.tags["end_state"] == "completed"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+
+
+def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16, 24], "decoder": [1], "latent": [2]},
+        budget={"num_samples": 20, "max_epochs": 30, "max_concurrent": 2, "time_limit_s": 25},
+        asha={"grace_period": 30, "reduction_factor": 2},
+        data={"subset": 2048, "val_subset": 128},
+    )
+    proc = search(config, "budget", mlflow_url, tmp_path / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(mlflow_url)
+    _, kids = children(client, "budget")
+    killed = [r for r in kids if r.data.tags.get("end_state") == "killed"]
+    assert killed and all(r.data.tags["end_reason"] == "the search's time budget ran out" for r in killed)
+    assert all(r.data.tags.get("end_state") for r in kids) and all(r.info.status != "RUNNING" for r in kids)
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'ray/budget/optuna.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    listed = run_cli("searches", "--storage-path", str(tmp_path / "ray")).stdout.splitlines()
+    assert json.loads(listed[0])["running"] == 0  # not running forever

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from mlflow_server import server
 from tests.conftest import REPO
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -56,6 +60,34 @@ def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
     raise AssertionError(f"{texts} not on the page; it shows: {body[:1500]}")
 
 
+def wait_for(predicate, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_optuna_dashboard_shows_the_studys_trials(browser, finished: dict) -> None:
+    port = server.free_port()
+    cmd = [sys.executable, "-m", "search", "dashboard", "e2e", "--storage-path", str(finished["storage"]),
+           "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: server.port_in_use("127.0.0.1", port), "the dashboard to listen")
+        browser.get(f"http://127.0.0.1:{port}/dashboard")
+        wait_for_text(browser, "e2e")
+        browser.get(f"http://127.0.0.1:{port}/dashboard/studies/1/trials")
+        wait_for_text(browser, "Trial 0", "Trial 5", "ray_trial_id")  # every trial, with its Ray trial id
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(OUTPUT / "dashboard-trials.png"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
 def test_ui_shows_the_search_its_trials_and_the_champion(browser, promoted: dict, mlflow_url: str) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -76,6 +108,25 @@ def test_ui_shows_the_search_its_trials_and_the_champion(browser, promoted: dict
     browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}")
     wait_for_text(browser, child.info.run_name, "Parent run", "end_state", child.data.tags["ray_trial_id"])
     browser.save_screenshot(str(OUTPUT / "ui-trial.png"))
+
+    # a trained child: its loss and KL curves, its sample grids with a step slider, its system metrics
+    trained = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") and "duplicate_of" not in r.data.tags)
+    last = max(m.step for m in client.get_metric_history(trained.info.run_id, "val_loss"))
+    page = f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{trained.info.run_id}"
+    browser.get(f"{page}/model-metrics")
+    wait_for_text(browser, "val_loss", "val_kl", "best_val_loss", "train_kl")
+    browser.save_screenshot(str(OUTPUT / "ui-trial-curves.png"))
+    browser.find_element("css selector", "input[placeholder='Search metric charts']").send_keys("samples")
+    wait_for_text(browser, "samples", "manifold")
+    sliders = wait_for(lambda: browser.find_elements("css selector", "[role='slider']"), "the image step sliders")
+    steps = {(s.get_attribute("aria-valuemin"), s.get_attribute("aria-valuemax")) for s in sliders}
+    assert steps == {("0", str(last))}, steps  # from the untrained model's grids to the last epoch's
+    wait_for(lambda: "No image logged at this step" not in browser.find_element("tag name", "body").text,
+             "the grids to show")  # fmt: skip
+    browser.save_screenshot(str(OUTPUT / "ui-trial-images.png"))
+    browser.get(f"{page}/system-metrics")
+    wait_for_text(browser, "System metrics", "cpu_utilization_percentage")
+    browser.save_screenshot(str(OUTPUT / "ui-trial-system.png"))
 
     browser.get(f"{mlflow_url}/#/models/vae-mnist")
     wait_for_text(browser, "vae-mnist", "champion")
