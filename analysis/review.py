@@ -36,6 +36,7 @@ def study_of(search: Search) -> optuna.Study:
     params = searched_params(search)
     ranked = [t for t in search.trials if t.rankable]
     values = {p: sorted({_value(t.params[p]) for t in ranked}) for p in params}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     for t in ranked:
         distributions = {
@@ -57,7 +58,6 @@ def importance(search: Search) -> dict[str, dict[str, float]]:
     varied = [p for p in searched_params(search) if len({t.params[p] for t in study.trials}) > 1]
     if len(study.trials) < 2 or not varied:
         return {}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     evaluators = {
         "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0),
         "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(),
