@@ -110,6 +110,7 @@ class TrackingCallback(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("fail_fast", FailFast(4))  # pickled before fail-fast existed
         self._init()
 
     @property

@@ -289,7 +289,8 @@ def _tune(
     )
     if resume and (search_dir / "tuner.pkl").exists():
         tuner = tune.Tuner.restore(str(search_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        fail_fast = tuner._local_tuner.get_run_config().stop  # the one pickled with the search's callbacks
+        # the one pickled with the search's callbacks (a search saved before fail-fast existed has none)
+        fail_fast = tuner._local_tuner.get_run_config().stop or FailFast(min(4, cfg.budget.num_samples))
         adopt_optuna_ends(
             tracker, experiment_id, parent, optuna.load_study(study_name=cfg.name, storage=study_url(search_dir))
         )
