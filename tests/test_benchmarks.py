@@ -38,3 +38,13 @@ def test_efficiency_benchmark_smoke() -> None:
     assert result["matmul_gflop_s"] > 0 and [r["decoder"] for r in result["rows"]] == [1, 2, 3, 4, 5, 6]
     for row in result["rows"]:  # counted FLOPs include the LSTM's, which the counter misses
         assert row["images_per_s"] > 0 and row["mflop_per_image"] > 28 * 2 * 4 * 16 * (28 + 16) * 3 / 1e6
+
+
+def test_system_metrics_cost_benchmark_smoke(mlflow_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/system_metrics_cost.py", "--tracking-uri", mlflow_url, "--samples", "3"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 < result["seconds_per_sample"] <= result["max"] and result["share"] > 0
