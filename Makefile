@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test fast lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,16 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+fast: venv  # the edit-test loop: everything but the end-to-end runs with real servers
+	$(BIN)/python -m pytest -m "not slow" -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 bench: venv
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/efficiency.py
 	$(BIN)/python benchmarks/search_efficiency.py
 
 clean:
