@@ -13,8 +13,13 @@ from search.tracking import END_STATE, Tracker
 STATE_FILE = "vaesearch.json"  # beside Ray's state: the config and the MLflow parent run of a search
 
 
+def searches_root(storage_path: str | None) -> Path:
+    """Where searches keep Ray's state: the given path, else ~/vaesearch/ray."""
+    return Path(storage_path).expanduser().resolve() if storage_path else vaesearch_home() / "ray"
+
+
 def list_searches(storage_path: str | None, tracking_uri: str | None) -> list[dict[str, Any]]:
-    root = Path(storage_path).expanduser().resolve() if storage_path else vaesearch_home() / "ray"
+    root = searches_root(storage_path)
     if storage_path and not root.is_dir():
         raise SearchError(f"--storage-path: {root} is not a folder")
     rows = []
@@ -51,7 +56,7 @@ def list_searches(storage_path: str | None, tracking_uri: str | None) -> list[di
 
 def study_storage(storage_path: str | None, name: str) -> str:
     """The Optuna storage URL of the search `name` (its optuna.db beside Ray's state)."""
-    root = Path(storage_path).expanduser().resolve() if storage_path else vaesearch_home() / "ray"
+    root = searches_root(storage_path)
     from search.tuner import study_url
 
     if not (root / name / STATE_FILE).is_file():
