@@ -19,16 +19,16 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(BIN)/vaesearch search --config configs/smoke.yaml --name smoke-$$(date +%Y%m%d-%H%M%S)
 
-test: venv
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest
 
 fast: venv  # the edit-test loop: everything but the end-to-end runs with real servers
 	$(BIN)/python -m pytest -m "not slow" -q
 
-lint: venv
+lint: venv  # ruff's lint and format check, and mypy over the packages (pyproject's [tool.mypy])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: venv
 	$(BIN)/python benchmarks/throughput.py

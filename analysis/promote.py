@@ -18,12 +18,13 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.errors import AnalysisError
-from analysis.runs import Search, Trial, load_search
+from analysis.runs import AnalysisError, Search, Trial, load_search
 from vae import data
-from vae.commands import evaluate_split
+from vae.checkpoint import load_model
+from vae.config import TrainConfig
+from vae.evaluation import evaluate_split
 from vae.model import Generator
-from vae.train import load_model
+from vae.records import KIND
 
 
 def _history_tag(alias: str) -> str:
@@ -49,12 +50,12 @@ def _choose(search: Search, run_id: str | None) -> Trial:
         for t in search.trials:
             if t.run_id == run_id:
                 if not t.rankable:
-                    raise AnalysisError(f"--run-id: run {run_id} ended {t.end_state} or is a replay; it has no model")
+                    raise AnalysisError("run_id", f"run {run_id} ended {t.end_state} or is a replay; it has no model")
                 return t
-        raise AnalysisError(f"--run-id: no trial {run_id} in experiment {search.name!r}")
+        raise AnalysisError("run_id", f"no trial {run_id} in experiment {search.name!r}")
     best = search.best()
     if best is None:
-        raise AnalysisError(f"--experiment: {search.name!r} has no finished trial with a finite loss")
+        raise AnalysisError("experiment", f"{search.name!r} has no finished trial with a finite loss")
     return best
 
 
@@ -89,10 +90,10 @@ def rollback(client: MlflowClient, name: str, alias: str) -> dict[str, Any]:
     try:
         model = client.get_registered_model(name)
     except MlflowException:
-        raise AnalysisError(f"--model-name: no registered model {name!r}") from None
+        raise AnalysisError("model_name", f"no registered model {name!r}") from None
     history = json.loads(model.tags.get(_history_tag(alias), "[]"))
     if not history:
-        raise AnalysisError(f"--rollback: no earlier version of {name!r} held @{alias}")
+        raise AnalysisError("rollback", f"no earlier version of {name!r} held @{alias}")
     previous = history.pop()
     client.set_registered_model_tag(name, _history_tag(alias), json.dumps(history))
     client.set_registered_model_alias(name, alias, previous)
@@ -121,46 +122,60 @@ def promote(
         try:
             local = Path(client.download_artifacts(trial.run_id, "checkpoint/best.pt", tmp))
         except (MlflowException, OSError):
-            raise AnalysisError(f"--run-id: run {trial.run_id} has no checkpoint/best.pt artifact") from None
+            raise AnalysisError("run_id", f"run {trial.run_id} has no checkpoint/best.pt artifact") from None
         model, config, _ = load_model(local)
-        splits = data.load(data_dir)
-        val = evaluate_split(model, config, "val", splits["val"])
-        test = evaluate_split(model, config, "test", splits["test"], iw_samples)
-        parent_params = search.parent.data.params
-        tags = {
-            "source_run_id": trial.run_id,
-            "search": experiment,
-            "val_loss": f"{val['loss']:.6f}",
-            "test_loss": f"{test['loss']:.6f}",
-            "iwae_test": f"{test['iwae']:.6f}",
-            "iw_samples": str(iw_samples),
-            "latent": str(config.latent),
-            "config": json.dumps(config.to_dict()),
-            **{k: v for k, v in parent_params.items() if k.startswith("md5_")},
-        }
-        (Path(tmp) / "vae").mkdir()
-        (Path(tmp) / "vae" / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        local.rename(Path(tmp) / "vae" / "checkpoint.pt")
-        mlflow.set_tracking_uri(client.tracking_uri)
-        with mlflow.start_run(
-            experiment_id=search.experiment_id,
-            run_name=f"promote-{trial.name}",
-            tags={"kind": "promotion", "source_run_id": trial.run_id},
-        ):
-            mlflow.log_artifacts(str(Path(tmp) / "vae"), "vae")
-            info = mlflow.pytorch.log_model(
-                Generator(model).eval(),
-                name="generator",
-                input_example=np.zeros((16, config.latent), dtype=np.float32),  # batch > 1 keeps it dynamic
-                registered_model_name=model_name,
-            )
-            checkpoint_uri = f"{mlflow.get_artifact_uri('vae')}/checkpoint.pt"
-    version = str(info.registered_model_version)
+        tags = _measured(search, trial, model, config, iw_samples, data_dir)
+        folder = Path(tmp) / "vae"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        local.rename(folder / "checkpoint.pt")
+        version, checkpoint_uri = _register(client, search, trial, model, config.latent, folder, model_name)
     for key, value in {**tags, "checkpoint_uri": checkpoint_uri}.items():
         client.set_model_version_tag(model_name, version, key, value)
     registered = client.get_model_version(model_name, version)
     moved = _move_alias(client, model_name, alias, registered, force)
     return _result(registered, moved=moved)
+
+
+def _measured(
+    search: Search, trial: Trial, model: Any, config: TrainConfig, iw_samples: int, data_dir: Path | None
+) -> dict[str, str]:
+    """The version's tags: where it came from, its validation and test losses, the IWAE bound, the data's MD5s."""
+    splits = data.load(data_dir)
+    val = evaluate_split(model, config, "val", splits["val"])
+    test = evaluate_split(model, config, "test", splits["test"], iw_samples)
+    return {
+        "source_run_id": trial.run_id,
+        "search": search.name,
+        "val_loss": f"{val['loss']:.6f}",
+        "test_loss": f"{test['loss']:.6f}",
+        "iwae_test": f"{test['iwae']:.6f}",
+        "iw_samples": str(iw_samples),
+        "latent": str(config.latent),
+        "config": json.dumps(config.to_dict()),
+        **{k: v for k, v in search.parent.data.params.items() if k.startswith("md5_")},
+    }
+
+
+def _register(
+    client: MlflowClient, search: Search, trial: Trial, model: Any, latent: int, folder: Path, model_name: str
+) -> tuple[str, str]:
+    """Log the generator as an MLflow model (with the checkpoint beside it) in a promotion run; (version, URI)."""
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(
+        experiment_id=search.experiment_id,
+        run_name=f"promote-{trial.name}",
+        tags={KIND: "promotion", "source_run_id": trial.run_id},
+    ):
+        mlflow.log_artifacts(str(folder), "vae")
+        info = mlflow.pytorch.log_model(
+            Generator(model).eval(),
+            name="generator",
+            input_example=np.zeros((16, latent), dtype=np.float32),  # batch > 1 keeps it dynamic
+            registered_model_name=model_name,
+        )
+        checkpoint_uri = f"{mlflow.get_artifact_uri('vae')}/checkpoint.pt"
+    return str(info.registered_model_version), checkpoint_uri
 
 
 def _move_alias(client: MlflowClient, name: str, alias: str, version: Any, force: bool) -> bool:

@@ -11,27 +11,32 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # drawn straight to files: no pyplot, no GUI backend
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from analysis import review
+from analysis.runs import Search, Trial, load_search
+from vae.checkpoint import load_model
+from vae.figures import sample_grids
+from vae.loss import PER_BATCH
+from vae.records import DUPLICATE_OF, END_STATE, METRICS
 
-from analysis import review  # noqa: E402
-from analysis.runs import CURVES, Search, Trial, load_search  # noqa: E402
-from vae.figures import sample_grids  # noqa: E402
-from vae.loss import PER_BATCH  # noqa: E402
-from vae.train import load_model  # noqa: E402
-
-# The seed's validation losses (sums over a batch of 64), by (hidden, decoder, latent).
-SEED: dict[tuple[int, int, int], list[tuple[str, float]]] = {}
-for _h, _v in ((64, 9309.64), (128, 9101.28), (256, 9178.56)):
-    SEED.setdefault((_h, 1, 2), []).append(("Table 1", _v))
-for _d, _v in enumerate((9101.28, 9142.16, 9094.46, 9395.92, 9158.79, 9093.10), start=1):
-    SEED.setdefault((128, _d, 2), []).append(("Table 2", _v))
-for _z, _v in ((2, 8989.65), (5, 6954.74), (10, 6035.80), (20, 5939.02)):
-    SEED.setdefault((128, 6, _z), []).append(("Table 3", _v))
+# The seed report's minimum validation losses (sums over a batch of 64), by (hidden, decoder, latent):
+# Table 1 (decoder 1, Z=2, by H), Table 2 (H=128, Z=2, by decoder), Table 3 (H=128, decoder 6, by Z).
+SEED_REPORT: dict[tuple[int, int, int], list[tuple[str, float]]] = {
+    (64, 1, 2): [("Table 1", 9309.64)],
+    (128, 1, 2): [("Table 1", 9101.28), ("Table 2", 9101.28)],
+    (256, 1, 2): [("Table 1", 9178.56)],
+    (128, 2, 2): [("Table 2", 9142.16)],
+    (128, 3, 2): [("Table 2", 9094.46)],
+    (128, 4, 2): [("Table 2", 9395.92)],
+    (128, 5, 2): [("Table 2", 9158.79)],
+    (128, 6, 2): [("Table 2", 9093.10), ("Table 3", 8989.65)],
+    (128, 6, 5): [("Table 3", 6954.74)],
+    (128, 6, 10): [("Table 3", 6035.80)],
+    (128, 6, 20): [("Table 3", 5939.02)],
+}
 
 GROUPS = (("hidden", "hidden size H"), ("decoder", "decoder id"), ("latent", "latent size Z"))
 
@@ -47,7 +52,7 @@ def seed_figures(key: tuple[int, int, int], ours: float | None = None, comparabl
     """The seed's figures for a config, with our difference; none where ours was measured on subsets."""
     if not comparable:
         return "- (subset run)"
-    entries = SEED.get(key, [])
+    entries = SEED_REPORT.get(key, [])
     return (
         "; ".join(
             f"{label}: {value:.2f} ({value / PER_BATCH:.2f}/img)" + (f", {verdict(ours, value)}" if ours else "")
@@ -94,7 +99,8 @@ def table(trials: list[Trial], param: str, title: str, comparable: bool = True) 
 
 def curves(trials: list[Trial], param: str, title: str, path: Path) -> Path:
     """Validation loss and KL per epoch for each group's best trial."""
-    fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_kl = fig.subplots(1, 2)
     for value, t in best_by(trials, param).items():
         epochs = [r["epoch"] for r in t.history]
         ax_loss.plot(epochs, [r.get("val_loss", math.nan) for r in t.history], marker="o", label=f"{param}={value}")
@@ -104,7 +110,6 @@ def curves(trials: list[Trial], param: str, title: str, path: Path) -> Path:
     ax_loss.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -146,13 +151,13 @@ def subset_note(config: dict) -> str | None:
 def write_trials_csv(search: Search, path: Path) -> Path:
     """One row per trial and epoch: the run, its params and end, and the epoch's metrics."""
     params = sorted({k for t in search.trials for k in t.params})
-    columns = ["run_id", "name", *params, "end_state", "duplicate_of", "epoch", *CURVES]
+    columns = ["run_id", "name", *params, END_STATE, DUPLICATE_OF, "epoch", *METRICS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for t in sorted(search.trials, key=lambda t: t.name):
-            head = {"run_id": t.run_id, "name": t.name, **t.params, "end_state": t.end_state,
-                    "duplicate_of": t.duplicate_of or ""}  # fmt: skip
+            head = {"run_id": t.run_id, "name": t.name, **t.params, END_STATE: t.end_state,
+                    DUPLICATE_OF: t.duplicate_of or ""}  # fmt: skip
             for row in t.history:
                 writer.writerow({**head, **row})
     return path
@@ -186,18 +191,13 @@ def review_section(client: MlflowClient, search: Search, out: Path) -> list[str]
     return lines
 
 
-def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
-    """report.md and its PNGs in `out`, also logged to the parent run under report/."""
-    search = load_search(client, experiment)
-    out.mkdir(parents=True, exist_ok=True)
-    best = search.best()
+def _head(search: Search, note: str | None) -> list[str]:
+    """The title, the trials' ends, what the losses are, and whether they compare with the seed's."""
     states: dict[str, int] = {}
     for t in search.trials:
         states[t.end_state] = states.get(t.end_state, 0) + 1
-    note = subset_note(search.config)
-    comparable = note is None
     lines = [
-        f"# Search `{experiment}`",
+        f"# Search `{search.name}`",
         "",
         f"Parent run `{search.parent.info.run_id}`; {len(search.trials)} trials: "
         + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
@@ -213,6 +213,17 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
     if note:
         lines += [f"**Subset run:** {note}. Its losses are not comparable with the seed's full-set figures, "
                   "which are left out.", ""]  # fmt: skip
+    return lines
+
+
+def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
+    """report.md and its PNGs in `out`, also logged to the parent run under report/."""
+    search = load_search(client, experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    best = search.best()
+    note = subset_note(search.config)
+    comparable = note is None
+    lines = _head(search, note)
     if best is None:
         lines += ["No trial finished with a finite loss.", ""]
     else:

@@ -11,8 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import optuna
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from analysis.runs import Search, Trial
@@ -39,7 +40,7 @@ def study_of(search: Search) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     for t in ranked:
-        distributions = {
+        distributions: dict[str, optuna.distributions.BaseDistribution] = {
             p: (
                 optuna.distributions.FloatDistribution(min(values[p]), max(values[p]), log=True)
                 if p == "lr"
@@ -89,8 +90,9 @@ def parallel_coordinates(search: Search, path: Path) -> Path | None:
         choices = levels[axis]
         return 0.5 if len(choices) == 1 else choices.index(_value(t.params[axis])) / (len(choices) - 1)
 
-    fig, ax = plt.subplots(figsize=(2 + 1.8 * len(axes), 4))
-    cmap = plt.get_cmap("viridis")
+    fig = Figure(figsize=(2 + 1.8 * len(axes), 4))
+    ax = fig.subplots()
+    cmap = colormaps["viridis"]
     for t in sorted(ranked, key=lambda t: -t.best_val_loss):  # the best drawn last, on top
         shade = 0.0 if hi == lo else (t.best_val_loss - lo) / (hi - lo)
         ax.plot(range(len(axes)), [position(t, a) for a in axes], color=cmap(shade), alpha=0.8)
@@ -104,7 +106,6 @@ def parallel_coordinates(search: Search, path: Path) -> Path | None:
     ax.set_title("trials: searched values to best validation loss (nats/img; darker is lower)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -131,13 +132,13 @@ def plot_best_so_far(curve: list[tuple[int, float]], path: Path) -> Path | None:
     points = [(x, y) for x, y in curve if math.isfinite(y)]
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.step([x for x, _ in points], [y for _, y in points], where="post")
     ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)",
            title="best so far against compute")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 

@@ -13,12 +13,13 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from analysis.errors import AnalysisError
+from vae import records
+from vae.errors import UserError
+from vae.records import DUPLICATE_OF, END_STATE, KIND, METRICS, PARENT_TAG, RANKED_BY
 
-# Names the search writes (search/tracking.py); analysis reads them, it does not import search.
-PARENT_TAG = "mlflow.parentRunId"
-END_STATE = "end_state"
-CURVES = ("train_loss", "val_loss", "best_val_loss", "val_recon", "val_kl", "train_kl", "epoch_seconds")
+
+class AnalysisError(UserError):
+    """An experiment, run or model that is not there."""
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Trial:
 
     @property
     def duplicate_of(self) -> str | None:
-        return self.tags.get("duplicate_of")
+        return self.tags.get(DUPLICATE_OF)
 
     @property
     def epochs(self) -> int:
@@ -45,7 +46,7 @@ class Trial:
     @property
     def best_epoch(self) -> int | None:
         finite = [r for r in self.history if _finite(r.get("val_loss"))]
-        return min(finite, key=lambda r: r["val_loss"])["epoch"] if finite else None
+        return int(min(finite, key=lambda r: r["val_loss"])["epoch"]) if finite else None
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -53,8 +54,8 @@ class Trial:
 
     @property
     def rankable(self) -> bool:
-        """In the ranking: not failed, not a replay of another trial, a finite best loss."""
-        return self.end_state != "failed" and not self.duplicate_of and _finite(self.best_val_loss)
+        """In the ranking, as `vae.records.rankable` decides."""
+        return records.rankable(self.tags, self.best_val_loss)
 
 
 @dataclass
@@ -69,9 +70,8 @@ class Search:
         return json.loads(self.parent.data.params.get("config", "{}"))
 
     def best(self) -> Trial | None:
-        """The lowest validation loss of any trial at any epoch (the seed's criterion), failed trials out."""
-        ranked = [t for t in self.trials if t.rankable]
-        return min(ranked, key=lambda t: t.best_val_loss) if ranked else None
+        """The search's best trial, as `vae.records.best` decides."""
+        return records.best(self.trials, lambda t: t.tags, lambda t: t.best_val_loss)
 
 
 def _finite(x: Any) -> bool:
@@ -79,28 +79,24 @@ def _finite(x: Any) -> bool:
 
 
 def history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
-    rows: dict[int, dict[str, float]] = {}
-    for key in CURVES:
-        for m in client.get_metric_history(run_id, key):
-            rows.setdefault(m.step, {"epoch": m.step})[key] = m.value
-    return [rows[e] for e in sorted(rows)]
+    return records.epoch_rows(METRICS, lambda key: client.get_metric_history(run_id, key))
 
 
 def load_search(client: MlflowClient, experiment: str, with_history: bool = True) -> Search:
     """The latest search in an experiment (its parent run) and every trial nested under it."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage != "active":
-        raise AnalysisError(f"--experiment: no experiment named {experiment!r} on {client.tracking_uri}")
+        raise AnalysisError("experiment", f"no experiment named {experiment!r} on {client.tracking_uri}")
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=5000)
-    parents = [r for r in runs if PARENT_TAG not in r.data.tags and r.data.tags.get("kind") == "search"]
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags and r.data.tags.get(KIND) == "search"]
     if not parents:
-        raise AnalysisError(f"--experiment: {experiment!r} holds no search (no parent run)")
+        raise AnalysisError("experiment", f"{experiment!r} holds no search (no parent run)")
     parent = parents[0]
     trials = []
     for run in runs:
         if run.data.tags.get(PARENT_TAG) != parent.info.run_id:
             continue
-        best = run.data.metrics.get("best_val_loss", math.nan)
+        best = run.data.metrics.get(RANKED_BY, math.nan)
         trial = Trial(run.info.run_id, run.info.run_name, dict(run.data.params), dict(run.data.tags), best)
         if with_history:
             trial.history = history(client, run.info.run_id)

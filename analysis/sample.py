@@ -10,7 +10,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.errors import AnalysisError
+from analysis.runs import AnalysisError
 from vae.figures import manifold_latents, prior_latents, save_grid
 
 
@@ -18,14 +18,14 @@ def model_version(client: MlflowClient, model_uri: str):
     """The registry entry behind models:/NAME@ALIAS or models:/NAME/VERSION."""
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
     if not match:
-        raise AnalysisError(f"--model-uri: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
+        raise AnalysisError("model_uri", f"expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
     name, alias, version = match.groups()
     try:
         if alias:
             return client.get_model_version_by_alias(name, alias)
         return client.get_model_version(name, version)
     except MlflowException:
-        raise AnalysisError(f"--model-uri: no registered model version at {model_uri}") from None
+        raise AnalysisError("model_uri", f"no registered model version at {model_uri}") from None
 
 
 def sample(client: MlflowClient, model_uri: str, out: Path, mode: str = "random", seed: int = 0) -> Path:
@@ -33,7 +33,7 @@ def sample(client: MlflowClient, model_uri: str, out: Path, mode: str = "random"
     version = model_version(client, model_uri)
     latent = int(version.tags.get("latent", 0))
     if mode == "grid" and latent != 2:
-        raise AnalysisError(f"--mode: grid needs a model with Z=2; {model_uri} has Z={latent}; use --mode random")
+        raise AnalysisError("mode", f"grid needs a model with Z=2; {model_uri} has Z={latent}; use `mode` random")
     mlflow.set_tracking_uri(client.tracking_uri)
     generator = mlflow.pytorch.load_model(model_uri)
     z = manifold_latents() if mode == "grid" else prior_latents(latent, seed=seed)

@@ -11,6 +11,7 @@ real trainable, a real local Ray and a real MLflow server over HTTP.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import tempfile
@@ -22,10 +23,12 @@ from ray.tune.schedulers import FIFOScheduler
 
 from mlflow_server import server
 from search.callbacks import FailFast, TrackingCallback
+from search.cluster import ray_init
 from search.config import validate
+from search.settings import TrialSettings
 from search.tracking import Tracker
 from search.trainable import train_trial
-from search.tuner import asha, ray_init, result_files, settings_for
+from search.tuner import result_files, scheduler
 from vae import data
 
 SPACE = {"hidden": [32, 64, 128, 256], "decoder": [1, 2, 3, 5, 6], "latent": [2, 5, 10, 20]}
@@ -43,25 +46,27 @@ def fixed_configs(n: int, seed: int) -> list[dict]:
     return rng.sample(every, n)
 
 
-def run(label: str, scheduler, configs: list[dict], settings: dict, storage: Path, concurrent: int) -> list[dict]:
-    def trial(config: dict, settings: dict) -> None:
+def run(
+    label: str, stopper, configs: list[dict], settings: TrialSettings, storage: Path, concurrent: int
+) -> list[dict]:
+    def trial(config: dict, settings: TrialSettings) -> None:
         train_trial(config["point"], settings)
 
-    tracker = Tracker(settings["tracking_uri"])
+    tracker = Tracker(settings.tracking_uri)
     exp = tracker.experiment_id(f"bench-{label}-{int(time.time())}")
     parent = tracker.start_parent(exp, label, params={"configs": json.dumps(configs)}, tags={})
-    settings = {**settings, "experiment_id": exp, "parent_run_id": parent}
+    settings = dataclasses.replace(settings, experiment_id=exp, parent_run_id=parent)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial, settings=settings), {"cpu": settings["cpus"]}),
+        tune.with_resources(tune.with_parameters(trial, settings=settings), {"cpu": settings.cpus}),
         param_space={"point": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(scheduler=stopper, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name=label,
             storage_path=str(storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[
                 *result_files(),
-                TrackingCallback(settings["tracking_uri"], exp, parent, FailFast(len(configs))),
+                TrackingCallback(settings.tracking_uri, exp, parent, FailFast(len(configs))),
             ],
             verbose=0,
         ),
@@ -87,6 +92,8 @@ def run(label: str, scheduler, configs: list[dict], settings: dict, storage: Pat
 
 
 def main() -> None:
+    """Flags, one server, both schedulers on the same configs, one JSON line: longer than 50 lines because
+    a benchmark's script reads best top to bottom, as pytorch/examples' `main` does."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", type=int, default=12)
     parser.add_argument("--max-epochs", type=int, default=9)
@@ -111,17 +118,18 @@ def main() -> None:
                 "name": "bench",
                 "space": {k: sorted(v) for k, v in SPACE.items()},
                 "budget": {"num_samples": args.configs, "max_epochs": args.max_epochs},
+                "asha": {"grace_period": 1, "reduction_factor": args.reduction_factor},
                 "train": {"precision": "auto", "patience": args.max_epochs},
                 "data": {"subset": args.subset, "val_subset": args.val_subset},
                 "tracking": {"samples_every": args.max_epochs},
             }
         )
-        settings = settings_for(cfg, info.url, "", "", data_dir)
+        settings = TrialSettings.of(cfg, info.url, "", "", data_dir)
         ray_init(None, log=lambda m: None)
         results = {
             "asha": run(
                 "asha",
-                asha(args.max_epochs, 1, args.reduction_factor),
+                scheduler(cfg),
                 configs,
                 settings,
                 work / "ray",

@@ -19,14 +19,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from vae.errors import UserError
 
 PID_FILE = "server.json"
 LOG_FILE = "server.log"
 
 
-class ServerError(Exception):
+class ServerError(UserError):
     """The server cannot be started or reached as asked; the message says what to change."""
 
 
@@ -92,15 +95,11 @@ def read_info(data_dir: Path) -> ServerInfo | None:
     return info if _alive(info.pid) else None
 
 
-def _differences(running: ServerInfo, asked: dict[str, object]) -> list[str]:
+def _differences(running: ServerInfo, asked: Mapping[str, object]) -> list[str]:
     """What a running server does not match among the things explicitly asked for (None: not asked)."""
-    have = {"--host": running.host, "--port": running.port, "--backend-store-uri": running.backend_store_uri,
-            "--artifacts-destination": running.artifacts_destination, "--auth": running.auth}  # fmt: skip
-    return [
-        f"{flag} {have[flag]} (asked {value})"
-        for flag, value in asked.items()
-        if value is not None and value != have[flag]
-    ]
+    have = {"host": running.host, "port": running.port, "backend_store_uri": running.backend_store_uri,
+            "artifacts_destination": running.artifacts_destination, "auth": running.auth}  # fmt: skip
+    return [name for name, value in asked.items() if value is not None and value != have[name]]
 
 
 def start(
@@ -113,44 +112,59 @@ def start(
     auth: bool = False,
     workers: int = 2,
     timeout: float = 120.0,
-    port_flag: str = "--port",
 ) -> ServerInfo:
     """Start a server once /health answers, or return the one running from this folder if it is what was asked.
 
     None for host, port, store or artifacts means "not asked": any running value
     will do, and a new server takes the default (127.0.0.1:5000, SQLite and a
     folder inside `data_dir`). A running server that differs is never passed off
-    as the one asked for.
+    as the one asked for. Errors name these parameters (`host`, `port`, ...); the caller knows its flags.
     """
     data_dir = Path(data_dir).resolve()
     if host is not None and not is_loopback(host) and not (insecure or auth):
         raise ServerError(
-            f"--host: {host} is not a loopback address; binding it needs --auth (MLflow's basic-auth, with "
-            "MLFLOW_AUTH_ADMIN_PASSWORD set) or --insecure (anyone who reaches the port can change every run)"
+            "host",
+            f"{host} is not a loopback address; binding it needs `auth` (MLflow's basic-auth, with "
+            "MLFLOW_AUTH_ADMIN_PASSWORD set) or `insecure` (anyone who reaches the port can change every run)",
         )
     running = read_info(data_dir)
     if running and health(running.url):
-        asked = {"--host": host, "--port": port, "--backend-store-uri": backend_store_uri,
-                 "--artifacts-destination": artifacts_destination, "--auth": auth or None}  # fmt: skip
-        differs = _differences(running, asked)
-        if differs:
-            raise ServerError(
-                f"{differs[0].split()[0]}: the server already running from {data_dir} (pid {running.pid}) has "
-                f"{'; '.join(differs)}; stop it (vaesearch server stop) or give --data-folder for a second server"
-            )
-        return running
+        asked = {"host": host, "port": port, "backend_store_uri": backend_store_uri,
+                 "artifacts_destination": artifacts_destination, "auth": auth or None}  # fmt: skip
+        return _reused(running, asked, data_dir)
     host = "127.0.0.1" if host is None else host
     port = 5000 if port is None else port
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-        raise ServerError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD to the admin password the server should create")
+        raise ServerError("auth", "set MLFLOW_AUTH_ADMIN_PASSWORD to the admin password the server should create")
     if auth and importlib.util.find_spec("flask_wtf") is None:
-        raise ServerError("--auth: MLflow's basic-auth needs the mlflow[auth] extra (pip install 'mlflow[auth]')")
+        raise ServerError("auth", "MLflow's basic-auth needs the mlflow[auth] extra (pip install 'mlflow[auth]')")
     if port_in_use(host, port):
-        raise ServerError(f"{port_flag}: port {port} on {host} is taken by another process; choose another port")
+        raise ServerError("port", f"port {port} on {host} is taken by another process; choose another port")
     data_dir.mkdir(parents=True, exist_ok=True)
     backend = backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
     artifacts = artifacts_destination or str(data_dir / "artifacts")
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{port}"
+    proc = _launch(data_dir, backend, artifacts, host, port, auth, workers)
+    return _healthy(proc, ServerInfo(proc.pid, url, host, port, backend, artifacts, auth), data_dir, timeout)
+
+
+def _reused(running: ServerInfo, asked: Mapping[str, object], data_dir: Path) -> ServerInfo:
+    """The running server, if it is what was asked for; else an error that says how it differs."""
+    differs = _differences(running, asked)
+    if differs:
+        have = "; ".join(f"`{name}` {getattr(running, name)} (asked {asked[name]})" for name in differs)
+        raise ServerError(
+            differs[0],
+            f"the server already running from {data_dir} (pid {running.pid}) has {have}; "
+            "stop it (vaesearch server stop) or give `data_folder` for a second server",
+        )
+    return running
+
+
+def _launch(
+    data_dir: Path, backend: str, artifacts: str, host: str, port: int, auth: bool, workers: int
+) -> subprocess.Popen:
+    """`mlflow server` in a process group of its own, its output appended to the folder's log."""
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", backend,
@@ -166,25 +180,27 @@ def start(
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(data_dir))
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", _secret_key(data_dir))
     elif not is_loopback(host):
-        print(f"warning: MLflow on {host}:{port} without authentication (--insecure)", file=sys.stderr)
-    log = open(data_dir / LOG_FILE, "ab")
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-    )
-    log.close()
-    info = ServerInfo(proc.pid, url, host, port, backend, artifacts, auth)
+        print(f"warning: MLflow on {host}:{port} without authentication (insecure, as asked)", file=sys.stderr)
+    with open(data_dir / LOG_FILE, "ab") as log:
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
+
+
+def _healthy(proc: subprocess.Popen, info: ServerInfo, data_dir: Path, timeout: float) -> ServerInfo:
+    """Wait for /health, then record the server in the pid file; a server that never answers is stopped."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServerError(f"the MLflow server exited with status {proc.returncode}: {_last_line(data_dir)}")
-        if health(url):
+            raise ServerError("server", f"exited with status {proc.returncode}: {_last_line(data_dir)}")
+        if health(info.url):
             tmp = data_dir / f".{PID_FILE}.tmp"
             tmp.write_text(json.dumps(asdict(info)))
             os.replace(tmp, data_dir / PID_FILE)
             return info
         time.sleep(0.5)
     _kill_group(proc.pid)
-    raise ServerError(f"the MLflow server did not answer /health within {timeout:.0f} s: {_last_line(data_dir)}")
+    raise ServerError("server", f"no answer on /health within {timeout:.0f} s: {_last_line(data_dir)}")
 
 
 def _auth_config(data_dir: Path) -> Path:

@@ -15,11 +15,11 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tracking import END_REASON, END_STATE, ERROR_TYPE, TRIAL_ID, Sender, Tracker
-from vae.train import METRICS
+from search.tracking import Sender, Tracker
+from vae.records import END_REASON, END_STATE, ERROR_TYPE, METRICS, TRIAL_ID
 
 
-class HonestOptunaSearch(OptunaSearch):
+class PruningAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna PRUNED for a trial ASHA stopped, and FAIL for a failed or killed one.
 
     Ray's OptunaSearch tells COMPLETE with the partial loss whenever a stopped
@@ -54,8 +54,12 @@ class HonestOptunaSearch(OptunaSearch):
         if error or not result or end_state in ("completed", "early_stopped"):
             return super().on_trial_complete(trial_id, result, error)
         state = TrialState.FAIL if end_state in ("failed", "killed") else TrialState.PRUNED
+        assert self._ot_study is not None  # set once the searcher has its space
         self._ot_study.tell(self._ot_trials[trial_id], state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+
+HonestOptunaSearch = PruningAwareOptunaSearch  # its name before; searches saved then pickled it under that name
 
 
 def _measured(result: dict) -> bool:
@@ -141,11 +145,8 @@ class TrackingCallback(tune.Callback):
         run_id = (trial.last_result or {}).get("mlflow_run_id")
         if run_id:
             return run_id
-        runs = self.tracker.client.search_runs(
-            [self.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.{TRIAL_ID} = '{trial.trial_id}'",
-        )
-        return runs[0].info.run_id if runs else None
+        run = self.tracker.trial_run(self.experiment_id, self.parent_run_id, trial.trial_id)
+        return run.info.run_id if run else None
 
     def _end(self, trial: Any, state: str, reason: str, status: str) -> None:
         def write() -> None:

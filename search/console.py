@@ -13,6 +13,7 @@ from typing import Any
 from ray import tune
 
 from search.callbacks import FailFast, end_of
+from vae.records import DUPLICATE_OF
 
 PROGRESS_EVERY_S = 30.0
 
@@ -59,7 +60,7 @@ class Console(tune.Callback):
         last = trial.last_result or {}
         epoch, best = last.get("epoch"), last.get("best_val_loss")
         loss = f"best {best:.2f}" if isinstance(best, float) and math.isfinite(best) else "no loss"
-        replay = " (replayed a duplicate)" if last.get("duplicate_of") else ""
+        replay = " (replayed a duplicate)" if last.get(DUPLICATE_OF) else ""
         lines = {
             "pruned": f"pruned by ASHA at epoch {epoch}, {loss}",
             "early_stopped": f"early stopped at epoch {epoch}, {loss}",

@@ -18,24 +18,60 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-# Fail fast inside a request; Sender does the patient retrying. Set before mlflow reads them.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from vae.records import (
+    CONFIG_KEY,
+    DUPLICATE_OF,
+    END_REASON,
+    END_STATE,
+    ERROR_TYPE,
+    KIND,
+    METRICS,
+    PARENT_TAG,
+    REPLAYABLE_STATES,
+    SEARCH_TAG,
+    TRIAL_ID,
+    epoch_rows,
+)
 
-from vae.train import METRICS  # noqa: E402
 
-TRIAL_ID = "ray_trial_id"
-SEARCH_TAG = "vaesearch.search"
-PARENT_TAG = "mlflow.parentRunId"
-CONFIG_KEY = "config_key"
-END_STATE, END_REASON = "end_state", "end_reason"
-ERROR_TYPE = "error_type"  # on a run whose training raised: the exception's class
-REPLAYABLE_STATES = ("completed", "early_stopped", "pruned", "failed")  # failed: diverged, not raised
-# How long a write keeps retrying an absent server before it gives up (and is counted lost).
-PATIENCE_S = float(os.environ.get("VAESEARCH_MLFLOW_PATIENCE_S", "600"))
+def patience_s() -> float:
+    """How long a write keeps retrying an absent server before it gives up (and is counted lost)."""
+    return float(os.environ.get("VAESEARCH_MLFLOW_PATIENCE_S", "600"))
+
+
+class Outage:
+    """Since when the server has not answered; shared by the writes of one `Sender`, so patience is per outage."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
+def patiently(
+    call: Callable[[], Any], what: str, give_up_after: float | None = None, outage: Outage | None = None
+) -> Any:
+    """Call until the server answers, backing off from 0.5 s to 15 s; give up once it has been away too long.
+
+    The one retry loop of the search: a trial that starts while the server is away
+    waits here, and `Sender` sends every queued write through it.
+    """
+    give_up_after = patience_s() if give_up_after is None else give_up_after
+    outage = Outage() if outage is None else outage
+    delay = 0.5
+    while True:
+        try:
+            result = call()
+            outage.since = None
+            return result
+        except Exception as e:  # the server is slow or gone: back off and retry
+            now = time.monotonic()
+            outage.since = outage.since or now
+            if now - outage.since > give_up_after:
+                raise RuntimeError(f"MLflow did not answer for {give_up_after:.0f} s ({what}): {e}") from e
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 class Sender:
@@ -49,9 +85,9 @@ class Sender:
         self._queue: queue.Queue[tuple[str, Callable[[], None]]] = queue.Queue()
         self._pending = 0  # writes submitted and not yet done (landed or given up), under _done
         self._done = threading.Condition()
-        self.give_up_after = PATIENCE_S if give_up_after is None else give_up_after
+        self.give_up_after = patience_s() if give_up_after is None else give_up_after
         self.lost: list[str] = []
-        self._down_since: float | None = None
+        self._outage = Outage()
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-{name}", daemon=True)
         self._thread.start()
 
@@ -68,37 +104,13 @@ class Sender:
     def _loop(self) -> None:
         while True:
             what, write = self._queue.get()
-            delay = 0.5
-            while True:
-                try:
-                    write()
-                    self._down_since = None
-                    break
-                except Exception as e:  # the server is slow or gone: back off and retry
-                    now = time.monotonic()
-                    self._down_since = self._down_since or now
-                    if now - self._down_since > self.give_up_after:
-                        self.lost.append(f"{what}: {type(e).__name__}")
-                        break
-                    time.sleep(delay)
-                    delay = min(delay * 2, 15.0)
+            try:
+                patiently(write, what, self.give_up_after, self._outage)
+            except RuntimeError as e:
+                self.lost.append(f"{what}: {type(e.__cause__).__name__}")
             with self._done:
                 self._pending -= 1
                 self._done.notify_all()
-
-
-def patiently(call: Callable[[], Any], what: str, give_up_after: float | None = None) -> Any:
-    """Call until the server answers (back-off up to 15 s); a trial that starts while it is away waits."""
-    give_up_after = PATIENCE_S if give_up_after is None else give_up_after
-    deadline, delay = time.monotonic() + give_up_after, 0.5
-    while True:
-        try:
-            return call()
-        except Exception as e:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"MLflow did not answer for {give_up_after:.0f} s ({what}): {e}") from e
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
 
 
 def _text(tags: dict[str, Any]) -> dict[str, str]:
@@ -115,6 +127,9 @@ class Tracker:
     """MLflow as the search uses it; every method names runs by id."""
 
     def __init__(self, tracking_uri: str) -> None:
+        # Fail fast inside a request (read by MLflow per request); `patiently` does the patient retrying.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.client = MlflowClient(tracking_uri)
 
     # -- experiments and the parent run (driver) --
@@ -129,7 +144,9 @@ class Tracker:
         return self.client.create_experiment(name)
 
     def start_parent(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
-        run = self.client.create_run(experiment_id, run_name=name, tags=_text({SEARCH_TAG: name, **tags}))
+        run = self.client.create_run(
+            experiment_id, run_name=name, tags=_text({SEARCH_TAG: name, KIND: "search", **tags})
+        )
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id
 
@@ -138,13 +155,24 @@ class Tracker:
 
     def children(self, experiment_id: str, parent_id: str) -> list:
         """The active child runs of a parent, every page of them."""
-        runs, token = [], None
+        runs: list[Any] = []
+        token = None
         while True:
             page = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", page_token=token)
             runs.extend(page)
             token = page.token
             if not token:
                 return runs
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return self.client.get_run(run_id).data.tags
+
+    def trial_run(self, experiment_id: str, parent_id: str, trial_id: str) -> Any | None:
+        """The run of Ray trial `trial_id` in this search, if it has one."""
+        found = self.client.search_runs(
+            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{TRIAL_ID} = '{trial_id}'"
+        )
+        return found[0] if found else None
 
     def delete_run(self, run_id: str, reason: str) -> None:
         self.set_tags(run_id, {"deleted_reason": reason})
@@ -159,11 +187,8 @@ class Tracker:
         self, experiment_id: str, parent_id: str, trial_id: str, trial_name: str, params: dict, tags: dict
     ) -> str:
         """This trial's run: found by its Ray trial id (a retry or resume continues it), else created."""
-        found = self.client.search_runs(
-            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{TRIAL_ID} = '{trial_id}'"
-        )
-        if found:
-            run = found[0]
+        run = self.trial_run(experiment_id, parent_id, trial_id)
+        if run is not None:
             self.set_tags(run.info.run_id, tags)  # a retry may run on another node
         else:
             run = self.client.create_run(
@@ -194,7 +219,7 @@ class Tracker:
         )
         for run in runs:
             tags = run.data.tags
-            if run.info.run_id == exclude or "duplicate_of" in tags or ERROR_TYPE in tags:
+            if run.info.run_id == exclude or DUPLICATE_OF in tags or ERROR_TYPE in tags:
                 continue
             if tags.get(END_STATE) in REPLAYABLE_STATES and run.data.metrics.get("val_loss") is not None:
                 return run
@@ -202,16 +227,12 @@ class Tracker:
 
     def end_of(self, run_id: str) -> tuple[str, str] | None:
         """(end_state, end_reason) of a run that ended, else None."""
-        tags = self.client.get_run(run_id).data.tags
+        tags = self.tags(run_id)
         return (tags[END_STATE], tags.get(END_REASON, "")) if END_STATE in tags else None
 
     def history(self, run_id: str, keys: Iterable[str] = METRICS) -> list[dict[str, float]]:
         """Per-epoch metrics of a run, as rows {epoch, key: value}, ordered by epoch."""
-        rows: dict[int, dict[str, float]] = {}
-        for key in keys:
-            for m in self.client.get_metric_history(run_id, key):
-                rows.setdefault(m.step, {"epoch": m.step})[key] = m.value
-        return [rows[e] for e in sorted(rows)]
+        return epoch_rows(keys, lambda key: self.client.get_metric_history(run_id, key))
 
     def logged_steps(self, run_id: str, key: str = "val_loss") -> set[int]:
         return {m.step for m in self.client.get_metric_history(run_id, key)}

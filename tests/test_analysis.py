@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import write_report
 from mlflow_server import server
-from tests.conftest import REPO, assert_one_line_error, promote, run_cli, search, write_config
+from tests.helpers import REPO, assert_one_line_error, promote, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +177,7 @@ def test_the_registered_model_loads_as_the_readme_says(promoted: dict, mlflow_ur
     import mlflow
     import torch
 
-    from vae.train import load_model
+    from vae.checkpoint import load_model
 
     mlflow.set_tracking_uri(mlflow_url)
     generator = mlflow.pytorch.load_model("models:/vae-mnist@champion")

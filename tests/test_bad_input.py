@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, run_cli
 from vae import checkpoint
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port here

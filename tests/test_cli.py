@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, run_cli
 
 TINY = ["--subset", "256", "--val-subset", "128", "--epochs", "2", "--hidden", "16"]
 

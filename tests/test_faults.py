@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.conftest import REPO, assert_one_line_error, run_cli, search, write_config
+from tests.helpers import REPO, assert_one_line_error, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, assert_one_line_error, run_cli, search, write_config
+from tests.helpers import REPO, assert_one_line_error, run_cli, search, write_config
 
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 TINY_TRAIN = ["--decoder", "1", "--hidden", "8", "--latent", "2", "--epochs", "1", "--subset", "256",

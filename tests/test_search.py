@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, run_cli, search, write_config
+from tests.helpers import REPO, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
 

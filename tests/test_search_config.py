@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli, write_config
+from tests.helpers import assert_one_line_error, run_cli, write_config
 
 POINT = {"hidden": 8, "decoder": 1, "latent": 2}
 
@@ -69,7 +69,7 @@ def test_address_without_tracking_uri_is_refused(tmp_path: Path) -> None:
 
 def test_shipped_configs_are_valid() -> None:
     from search import config
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     smoke = config.load(REPO / "configs" / "smoke.yaml")
     assert smoke.budget.num_samples >= 8 and smoke.budget.max_epochs <= 4 and smoke.asha.reduction_factor == 2

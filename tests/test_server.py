@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.conftest import assert_one_line_error, run_cli, search, write_config
+from tests.helpers import assert_one_line_error, run_cli, search, write_config
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
@@ -147,7 +147,7 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(pg_databa
         server.stop(folder)
     import psycopg
 
-    from vae.train import METRICS
+    from vae.records import METRICS
 
     with psycopg.connect(pg_database) as conn, conn.cursor() as cur:
         cur.execute("SELECT run_uuid FROM tags WHERE key = 'ray_trial_id'")

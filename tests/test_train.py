@@ -3,9 +3,10 @@ from pathlib import Path
 import torch
 
 from vae import checkpoint
+from vae.checkpoint import load_model
 from vae.config import TrainConfig
-from vae.data import Split
-from vae.train import Trainer, load_model, to_float
+from vae.data import Split, to_float
+from vae.train import Trainer
 
 SMALL = dict(decoder=1, hidden=32, latent=2, subset=512, val_subset=256, batch_size=64, precision="fp32")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server import server
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 OUTPUT = Path(os.environ.get("VAESEARCH_TEST_OUTPUT", REPO / "test-output"))

@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
+from vae.config import TrainConfig
+from vae.errors import UserError
 from vae.files import atomic_write
+from vae.model import VAE
 
 
 def save(state: dict[str, Any], path: str | Path) -> Path:
@@ -23,8 +26,8 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-class CheckpointError(Exception):
-    """A file is not a readable checkpoint; the message names it."""
+class CheckpointError(UserError):
+    """A file is not a readable checkpoint; the field is the file."""
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -32,9 +35,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         state = torch.load(Path(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
+        raise CheckpointError(str(path), "no such file") from None
     except Exception as e:  # truncated zip, foreign pickle, refused global: all mean "not ours"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(str(path), f"not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or not {"config", "model"} <= state.keys():
-        raise CheckpointError(f"{path}: not a vaesearch checkpoint (no config and model)")
+        raise CheckpointError(str(path), "not a vaesearch checkpoint (no config and model)")
     return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, TrainConfig, dict[str, Any]]:
+    """A checkpoint's model in eval mode, its config, and the whole state."""
+    state = load(path, map_location=device)
+    config = TrainConfig.from_dict(state["config"])
+    model = VAE(config.decoder, config.hidden, config.latent).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config, state

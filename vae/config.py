@@ -5,46 +5,49 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
+from vae.errors import UserError
 from vae.model import DECODERS
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-class ConfigError(ValueError):
-    """A value a user gave is not allowed; the message names the field and what is."""
+class ConfigError(UserError):
+    """A config value is not allowed: the field, what is allowed, and what was given."""
 
     def __init__(self, field: str, allowed: str, got: object = None) -> None:
-        self.field = field
-        got_text = "" if got is None else f" (got {got!r})"
-        super().__init__(f"{field}: {allowed}{got_text}")
+        super().__init__(field, allowed if got is None else f"{allowed} (got {got!r})")
+
+
+def doc(default: Any, text: str) -> Any:
+    """A field's default with its documentation, which the `train` flags use as help."""
+    return dataclasses.field(default=default, metadata={"doc": text})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What makes a training run reproducible; stored in every checkpoint."""
+    """What makes a training run reproducible; stored in every checkpoint.
 
-    decoder: int = 1
-    """Decoder id, 1-6, as in DESIGN.md's table (1 is the seed's base model)."""
-    hidden: int = 128
-    """LSTM hidden size H."""
-    latent: int = 2
-    """Latent size Z."""
-    epochs: int = 50
-    """Upper bound on epochs; early stopping may end sooner."""
-    batch_size: int = 64
-    lr: float = 1e-3
-    """Adam's learning rate."""
-    patience: int = 20
-    """Stop after this many epochs without a lower validation loss."""
-    seed: int = 0
-    precision: str = "auto"
-    """auto, fp32 or bf16: bf16 autocasts the training pass (validation stays fp32, so losses compare);
-    auto takes bf16 where a probe shows it runs here (`vae.precision`), else fp32."""
-    subset: int | None = None
-    """Train on the first N of the 50,000 training images; None for all."""
-    val_subset: int | None = None
-    """Validate on the first N of the 10,000 validation images; None for all."""
+    The one definition of training's settings: `vaesearch train`'s flags and a
+    search's `train:` section are derived from these fields and their docs.
+    """
+
+    decoder: int = doc(1, "decoder id, 1-6, as in DESIGN.md's table (1 is the seed's base model)")
+    hidden: int = doc(128, "LSTM hidden size H")
+    latent: int = doc(2, "latent size Z")
+    epochs: int = doc(50, "at most this many epochs; early stopping may end sooner")
+    batch_size: int = doc(64, "images per Adam step")
+    lr: float = doc(1e-3, "Adam's learning rate")
+    patience: int = doc(20, "stop after this many epochs without a lower validation loss")
+    seed: int = doc(0, "seeds weights, shuffling and noise")
+    precision: str = doc(
+        "auto",
+        "fp32 or bf16 (autocast of the training pass; validation stays fp32, so losses compare); "
+        "auto takes bf16 where a probe shows it runs on this machine",
+    )
+    subset: int | None = doc(None, "train on the first N of the 50,000 training images (default all)")
+    val_subset: int | None = doc(None, "validate on the first N of the 10,000 validation images (default all)")
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:

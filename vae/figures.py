@@ -5,15 +5,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import matplotlib.image  # imsave writes PNGs without a GUI backend
+import numpy as np
+import torch
+from torch import nn
 
-matplotlib.use("Agg")  # figures are files; never open a window
-import matplotlib.image  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from vae.files import atomic_write  # noqa: E402
+from vae.files import atomic_write
 
 
 def manifold_latents(n: int = 10, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:

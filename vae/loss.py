@@ -7,9 +7,13 @@ KL of N(mu, sigma^2) to N(0, I) (Kingma and Welling 2014, Appendix B).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # the model imports this module's KL
+    from vae.model import VAE
 
 PER_BATCH = 64  # the seed's tables are sums over a batch of 64
 
@@ -34,7 +38,7 @@ def neg_elbo(
     return recon + kl, recon, kl
 
 
-def iwae_bound(model: torch.nn.Module, x: torch.Tensor, k: int, chunk: int = 500) -> torch.Tensor:
+def iwae_bound(model: VAE, x: torch.Tensor, k: int, chunk: int = 500) -> torch.Tensor:
     """log (1/K) sum_k p(x, z_k) / q(z_k | x), per image, shape (B,): the importance-weighted bound.
 
     Burda et al. (2016); costs K decoder passes per image, done `chunk` at a time.

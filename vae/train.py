@@ -20,17 +20,13 @@ import torch
 
 from vae import checkpoint
 from vae.config import TrainConfig
-from vae.data import Split
+from vae.data import Split, to_float
+from vae.evaluation import evaluate
 from vae.loss import neg_elbo
 from vae.model import VAE
 from vae.precision import resolve_precision
 
-EVAL_BATCH = 1000  # evaluation needs no gradients; larger batches are faster
-
-# The per-epoch metrics, by the names used everywhere: metrics.csv, Tune, MLflow.
-METRICS = ("train_loss", "train_kl", "val_loss", "val_recon", "val_kl", "best_val_loss", "epoch_seconds")
 DIVERGED = "loss diverged"  # how a non-finite loss's end reason begins
-CSV_COLUMNS = ("epoch", "train_loss", "train_kl", "val_loss", "val_recon", "val_kl", "epoch_seconds")
 
 
 def set_seed(seed: int) -> None:
@@ -54,32 +50,6 @@ def adam(params: Any, lr: float) -> torch.optim.Adam:
     matrix products (docs/benchmarks.md); the maths is Adam's either way.
     """
     return torch.optim.Adam(params, lr=lr, fused=True)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], pixels / 255 as DESIGN.md says."""
-    return images.unsqueeze(1).to(torch.float32).div_(255.0)
-
-
-@torch.no_grad()
-def evaluate(model: VAE, split: Split, seed: int = 0) -> dict[str, float]:
-    """Negative ELBO, reconstruction and KL in nats per image over a split.
-
-    The noise comes from a generator seeded afresh, so the same weights always
-    give the same value and epochs compare fairly.
-    """
-    was_training = model.training
-    model.eval()
-    device = split.images.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
-    for start in range(0, len(split), EVAL_BATCH):
-        x = to_float(split.images[start : start + EVAL_BATCH])
-        logits, mu, logvar = model(x, gen)
-        totals += torch.stack(neg_elbo(logits, x, mu, logvar)).double()
-    model.train(was_training)
-    loss, recon, kl = (totals / len(split)).tolist()
-    return {"loss": loss, "recon": recon, "kl": kl}
 
 
 @dataclass
@@ -204,6 +174,12 @@ class Trainer:
     def save(self, path: str | Path) -> None:
         checkpoint.save(self.state_dict(), path)
 
+    def save_weights(self, path: str | Path) -> None:
+        """The best-weights file (`vaesearch train`'s checkpoint.pt, a trial's best.pt): what evaluation and
+        promotion load, config and weights without the optimizer. Call it when an epoch improved."""
+        state = {"config": self.config.to_dict(), "model": self.model.state_dict()}
+        checkpoint.save({**state, "epoch": self.epoch, "best_val_loss": self.best_val_loss}, path)
+
     def restore(self, path: str | Path) -> None:
         """Continue from a saved state; read on the CPU (a generator takes only a CPU state), copied over after."""
         self.load_state_dict(checkpoint.load(path, map_location="cpu"))
@@ -211,13 +187,3 @@ class Trainer:
 
 def _on(split: Split, device: torch.device) -> Split:
     return Split(split.images.to(device), split.labels.to(device))
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, TrainConfig, dict[str, Any]]:
-    """A checkpoint's model in eval mode, its config, and the whole state."""
-    state = checkpoint.load(path, map_location=device)
-    config = TrainConfig.from_dict(state["config"])
-    model = VAE(config.decoder, config.hidden, config.latent).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, config, state

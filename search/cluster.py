@@ -1,0 +1,71 @@
+"""Joining Ray: a local one, or a cluster at an address that is checked first, and the cluster's shape."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from search.config import SearchError
+from vae.config import ConfigError
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def _probe(address: str) -> None:
+    """Refuse at once an address where nothing listens (ray.init would wait for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError("address", f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise SearchError("address", f"no Ray cluster answers at {address} ({e.strerror or e})") from None
+
+
+def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = False) -> dict[str, Any]:
+    """Start or join Ray; the cluster's shape (nodes, CPUs, GPUs) for the parent run."""
+    import ray
+
+    if address is not None:
+        _probe(address)
+
+    # Ray 2.60 turns token auth on by itself when a token file exists; say what we want.
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not verbose:  # Ray's new console prints its banner even at verbose=0; the legacy one stays quiet
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # A trial that never reported (stopped before its first epoch) is not worth a warning here.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Ray's result files, without TensorBoard's (MLflow is the record; TBX complains of a failure's inf).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Credentials for an MLflow server with auth reach trials through their environment, never as params.
+    secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS}
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=verbose,
+            configure_logging=False,
+            runtime_env={"env_vars": secrets} if secrets else None,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SearchError("address", f"cannot join a Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    log(f"ray: {len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs{' at ' + address if address else ' (local)'}")
+    return {"cluster_nodes": len(nodes), "cluster_cpus": cpus, "cluster_gpus": gpus}
+
+
+def check_config_for_cluster(address: str | None, tracking_uri: str | None) -> None:
+    if address and not tracking_uri:
+        raise ConfigError(
+            "tracking_uri", "required with `address`: give a tracking server every node can reach (http://HOST:PORT)"
+        )

@@ -1,0 +1,73 @@
+"""What tests share besides fixtures: the CLI in a subprocess, its error shape, tiny configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run `vaesearch` as a user would, in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "search", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd or REPO,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 2, one line on stderr naming the field, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def write_config(path: Path, **sections: dict) -> Path:
+    """A tiny search config: two epochs on a few hundred images, overridable per section."""
+    import yaml
+
+    config = {
+        "name": "tiny",
+        "space": {"hidden": [8, 16], "decoder": [1], "latent": [2]},
+        "train": {"precision": "auto"},
+        "budget": {"num_samples": 6, "max_epochs": 2, "max_concurrent": 2},
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "sampler": {"seed": 0, "n_startup_trials": 2},
+        "data": {"subset": 1024, "val_subset": 128},
+        # samples_every beyond max_epochs: grids come only where a trial may stop; system metrics often enough to see
+        "tracking": {"samples_every": 5, "system_metrics_s": 0.5},
+    }
+    for key, value in sections.items():
+        config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def search(config: Path, name: str, url: str, storage: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`vaesearch search` against a given server and storage path."""
+    return run_cli(
+        "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage), *extra
+    )
+
+
+def promote(url: str, *extra: str) -> dict:
+    """`vaesearch promote` on the e2e search, with a small K; its one JSON line."""
+    proc = run_cli("promote", "--experiment", "e2e", "--tracking-uri", url, "--iw-samples", "2", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
