@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from mlflow_server import server
-from search.callbacks import FailFast, TrackingCallback
+from search.callbacks import SearchStopper, TrackingCallback
 from search.cluster import ray_init
 from search.config import validate
 from search.settings import TrialSettings
@@ -66,7 +66,7 @@ def run(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[
                 *result_files(),
-                TrackingCallback(settings.tracking_uri, exp, parent, FailFast(len(configs))),
+                TrackingCallback(settings.tracking_uri, exp, parent, SearchStopper(len(configs))),
             ],
             verbose=0,
         ),

@@ -16,7 +16,9 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search.tracking import Sender, Tracker
-from vae.records import END_REASON, END_STATE, ERROR_TYPE, METRICS, TRIAL_ID
+from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, METRICS, TRIAL_ID
+
+BUDGET_SPENT = "stopped: the search's epoch budget was spent"
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -68,17 +70,31 @@ def _measured(result: dict) -> bool:
     return "val_loss" in result and isinstance(value, float) and math.isfinite(value) and "epoch" in result
 
 
-class FailFast(tune.Stopper):
-    """Stops the search when its first `first` trials to finish all raised the same error.
+class SearchStopper(tune.Stopper):
+    """Ends the whole search early, for one of two reasons.
 
-    Such a search cannot work (a broken install, a config no node can run); the
-    rest of its trials would fail the same way. The callback tells it each end.
+    Fail fast (`reason`): its first `first` trials to finish all raised the same
+    error. Such a search cannot work (a broken install, a config no node can run);
+    the rest would fail the same way. The tracking callback tells it each end.
+
+    Budget (`spent`): its trials have trained `max_total_epochs` epochs between
+    them (replays of duplicates are free). Trials still running stop after the
+    result that spends it; one that reports in the same step adds its epoch too.
     """
 
-    def __init__(self, first: int) -> None:
+    def __init__(self, first: int, max_total_epochs: int | None = None) -> None:
         self.first = first
         self.ends: list[str | None] = []  # the error of each finished trial, None for a success
         self.reason: str | None = None
+        self.max_total_epochs = max_total_epochs
+        self.trained: set[tuple[str, int]] = set()  # (trial, epoch) measured so far: a resumed epoch counts once
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # pickled before the budget existed
+        self.__dict__.update({"max_total_epochs": None, "trained": set(), **state})
+
+    @property
+    def spent(self) -> bool:
+        return self.max_total_epochs is not None and len(self.trained) >= self.max_total_epochs
 
     def trial_ended(self, error: str | None) -> None:
         if len(self.ends) >= self.first:
@@ -88,16 +104,23 @@ class FailFast(tune.Stopper):
             self.reason = f"the first {self.first} trials failed with {error}"
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
+        if self.max_total_epochs is None:
+            return False
+        if _measured(result) and not result.get(DUPLICATE_OF):
+            self.trained.add((trial_id, int(result["epoch"])))
+        return self.spent
 
     def stop_all(self) -> bool:
-        return self.reason is not None
+        return self.reason is not None or self.spent
+
+
+FailFast = SearchStopper  # its name before the budget; searches saved then pickled it under that name
 
 
 class TrackingCallback(tune.Callback):
     """Logs each result's metrics to its trial's child run and tags how each trial ended."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, fail_fast: FailFast) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, fail_fast: SearchStopper) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -114,7 +137,7 @@ class TrackingCallback(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("fail_fast", FailFast(4))  # pickled before fail-fast existed
+        self.__dict__.setdefault("fail_fast", SearchStopper(4))  # pickled before fail-fast existed
         self._init()
 
     @property
@@ -169,13 +192,15 @@ class TrackingCallback(tune.Callback):
         self.sender.flush(timeout=600)
 
 
-def end_of(trial: Any, fail_fast: FailFast) -> tuple[str, str]:
+def end_of(trial: Any, stopper: SearchStopper) -> tuple[str, str]:
     """(end_state, end_reason) of a trial Ray completed: its own word, else a stop from outside."""
     last = trial.last_result or {}
     if last.get(END_STATE):
         return last[END_STATE], last.get(END_REASON, "")
-    if fail_fast.reason:
-        return "killed", f"search stopped: {fail_fast.reason}"
+    if stopper.reason:
+        return "killed", f"search stopped: {stopper.reason}"
+    if stopper.spent:  # stopped early, as ASHA stops a trial: pruned, in MLflow as in Optuna
+        return "pruned", f"{BUDGET_SPENT} ({stopper.max_total_epochs} epochs) after epoch {last.get('epoch')}"
     return "pruned", f"stopped by ASHA after epoch {last.get('epoch')}"
 
 

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _searches_command(sub)
     _dashboard_command(sub)
     _report_command(sub)
+    _compare_command(sub)
     _promote_command(sub)
     _sample_command(sub)
     _server_command(sub)
@@ -164,6 +165,21 @@ def _report_command(sub: Any) -> None:
     rp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
     rp.add_argument("--out", type=Path, default=None, help="folder (default reports/EXPERIMENT)")
     rp.set_defaults(handler=cmd_report)
+
+
+def _compare_command(sub: Any) -> None:
+    cp = sub.add_parser("compare", help="plot best-so-far loss against trial-epochs for several searches")
+    cp.add_argument("--experiment", action="append", default=[], help="a search's name; give it once per search")
+    cp.add_argument(
+        "--seed-sequence",
+        nargs=2,
+        metavar=("TABLES12", "TABLES3"),
+        default=None,
+        help="also the seed's 13 runs in its order, from the searches that reproduced its Tables 1-2 and 3",
+    )
+    cp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
+    cp.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    cp.set_defaults(handler=cmd_compare)
 
 
 def _promote_command(sub: Any) -> None:
@@ -378,6 +394,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     client = _client(args.tracking_uri)
     path = write_report(client, args.experiment, (args.out or Path("reports") / args.experiment).resolve())
     print(f"wrote {path} (also logged to the search's parent run under report/)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import compare
+
+    if args.out.suffix.lower() != ".png":
+        raise UserError("out", f"must name a .png file, got {args.out}")
+    if not args.experiment and not args.seed_sequence:
+        raise UserError("experiment", "give at least one search (or --seed-sequence)")
+    seed = tuple(args.seed_sequence) if args.seed_sequence else None
+    print(json.dumps(compare(_client(args.tracking_uri), args.experiment, seed, args.out.resolve())))
     return 0
 
 

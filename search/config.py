@@ -126,6 +126,8 @@ class Budget(_Strict):
     max_epochs: PositiveInt
     max_concurrent: PositiveInt = 4
     time_limit_s: Annotated[float, Field(gt=0)] | None = None
+    max_total_epochs: PositiveInt | None = None
+    """Stop the search once its trials have trained this many epochs between them (replays are free)."""
 
 
 class Asha(_Strict):
@@ -136,8 +138,9 @@ class Asha(_Strict):
 
 
 class Sampler(_Strict):
-    """Optuna's TPE: seeded, with this many random start-up trials."""
+    """Optuna's TPE (with this many random start-up trials) or plain random search, seeded."""
 
+    kind: Literal["tpe", "random"] = "tpe"
     seed: Annotated[int, Field(strict=True, ge=0)] = 0
     n_startup_trials: Annotated[int, Field(strict=True, ge=0)] = 10
 

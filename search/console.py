@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import tune
 
-from search.callbacks import FailFast, end_of
+from search.callbacks import BUDGET_SPENT, SearchStopper, end_of
 from vae.records import DUPLICATE_OF
 
 PROGRESS_EVERY_S = 30.0
@@ -30,7 +30,7 @@ def _values(config: dict[str, Any]) -> str:
 class Console(tune.Callback):
     """Trial events as single lines on stdout, and every `every` seconds where the search stands."""
 
-    def __init__(self, num_samples: int, fail_fast: FailFast, every: float = PROGRESS_EVERY_S) -> None:
+    def __init__(self, num_samples: int, fail_fast: SearchStopper, every: float = PROGRESS_EVERY_S) -> None:
         self.num_samples = num_samples
         self.fail_fast = fail_fast
         self.every = every
@@ -62,7 +62,9 @@ class Console(tune.Callback):
         loss = f"best {best:.2f}" if isinstance(best, float) and math.isfinite(best) else "no loss"
         replay = " (replayed a duplicate)" if last.get(DUPLICATE_OF) else ""
         lines = {
-            "pruned": f"pruned by ASHA at epoch {epoch}, {loss}",
+            "pruned": f"{reason}, {loss}"
+            if reason.startswith(BUDGET_SPENT)
+            else f"pruned by ASHA at epoch {epoch}, {loss}",
             "early_stopped": f"early stopped at epoch {epoch}, {loss}",
             "completed": f"completed {epoch} epochs, {loss}",
             "failed": f"failed: {reason}",

@@ -77,6 +77,15 @@ def scheduler(cfg: SearchConfig) -> Any:
     )
 
 
+def sampler(cfg: SearchConfig) -> Any:
+    """The Optuna sampler: TPE, or random search (the baseline a TPE search is measured against)."""
+    import optuna
+
+    if cfg.sampler.kind == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.sampler.seed)
+    return optuna.samplers.TPESampler(seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials)
+
+
 def result_files() -> list:
     """Ray's per-trial result.json and progress.csv (its TensorBoard files are off: see `ray_init`)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -159,15 +168,15 @@ def _tuner(cfg: SearchConfig, folder: Path, space: dict, settings: TrialSettings
     import optuna
     from ray import tune
 
-    from search.callbacks import FailFast, PruningAwareOptunaSearch, TrackingCallback
+    from search.callbacks import PruningAwareOptunaSearch, SearchStopper, TrackingCallback
     from search.console import Console
 
-    fail_fast = FailFast(min(4, cfg.budget.num_samples))
+    fail_fast = SearchStopper(min(4, cfg.budget.num_samples), cfg.budget.max_total_epochs)
     searcher = PruningAwareOptunaSearch(
         space=space,
         metric=METRIC,
         mode=MODE,
-        sampler=optuna.samplers.TPESampler(seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials),
+        sampler=sampler(cfg),
         points_to_evaluate=[dict(p) for p in cfg.points] or None,
         study_name=cfg.name,
         storage=optuna.storages.RDBStorage(study_url(folder)),
@@ -200,13 +209,13 @@ def _restored_tuner(cfg: SearchConfig, folder: Path, tracker: Tracker, settings:
     import optuna
     from ray import tune
 
-    from search.callbacks import FailFast
+    from search.callbacks import SearchStopper
 
     tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
     # the one pickled with the search's callbacks (a search saved before fail-fast existed has none)
     saved = tuner._local_tuner
     assert saved is not None  # a Tuner restored on the driver runs there
-    fail_fast = saved.get_run_config().stop or FailFast(min(4, cfg.budget.num_samples))
+    fail_fast = saved.get_run_config().stop or SearchStopper(min(4, cfg.budget.num_samples))
     study = optuna.load_study(study_name=cfg.name, storage=study_url(folder))
     adopt_optuna_ends(tracker, settings.experiment_id, settings.parent_run_id, study)
     return tuner, fail_fast
@@ -240,7 +249,8 @@ def _tune(
     started = time.monotonic()
     grid = tuner.fit()
     out_of_time = cfg.budget.time_limit_s is not None and time.monotonic() - started >= cfg.budget.time_limit_s
-    return _after(cfg, tracker, folder, settings, grid, fail_fast.reason, out_of_time, log)
+    budget = "time" if out_of_time else "epoch" if fail_fast.spent else None
+    return _after(cfg, tracker, folder, settings, grid, fail_fast.reason, budget, log)
 
 
 def _after(
@@ -250,7 +260,7 @@ def _after(
     settings: TrialSettings,
     grid: Any,
     stopped: str | None,
-    out_of_time: bool,
+    budget: str | None,
     log: Callable[[str], None],
 ) -> Outcome:
     """Close the search's books: how it ended, on the parent run, in MLflow and in Optuna."""
@@ -263,12 +273,12 @@ def _after(
         tracker.finish(parent, "FAILED")
         raise SearchStopped(f"search stopped: {stopped}")
     finished = grid.num_terminated + grid.num_errors
-    if not out_of_time and (finished < len(grid) or len(grid) < cfg.budget.num_samples):
+    if budget is None and (finished < len(grid) or len(grid) < cfg.budget.num_samples):
         end_unfinished(tracker, experiment_id, parent, "the search was interrupted", terminate=False)
         tracker.set_tags(parent, {"status": "interrupted"})
         return Outcome(True, len(grid), None, cfg.name, parent)
-    # Ray's time budget stops trials without a word to the callbacks or the searcher: end them here.
-    end_unfinished(tracker, experiment_id, parent, "the search's time budget ran out")
+    # A budget (time, epochs) stops trials the callbacks may not hear of, and leaves Optuna's last ones RUNNING.
+    end_unfinished(tracker, experiment_id, parent, f"the search's {budget} budget ran out")
     fail_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)))
     reconcile(tracker, grid)
     removed = prune_unknown_runs(tracker, experiment_id, parent, {trial_id_of(r) for r in grid})

@@ -110,6 +110,23 @@ def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: 
     assert {"report/parallel_coordinates.png", "report/best_so_far.png", "report/trials.csv"} <= logged
 
 
+def test_compare_plots_the_best_so_far_of_searches(finished: dict, mlflow_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "compare.png"
+    proc = run_cli("compare", "--experiment", "e2e", "--tracking-uri", mlflow_url, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    client = MlflowClient(mlflow_url)
+    kids = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.ray_trial_id != ''")
+    trained = sum(
+        len(client.get_metric_history(r.info.run_id, "val_loss")) for r in kids if "duplicate_of" not in r.data.tags
+    )
+    assert summary["e2e"]["trial_epochs"] == trained  # replays of duplicates cost nothing
+    assert summary["e2e"]["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
+    assert out.stat().st_size > 1000
+    bad = run_cli("compare", "--experiment", "no-such-search", "--tracking-uri", mlflow_url, "--out", str(out))
+    assert_one_line_error(bad, "--experiment", "no-such-search")
+
+
 def test_promote_points_the_alias_at_the_best_run(promoted: dict, finished: dict, mlflow_url: str) -> None:
     assert promoted["run_id"] == finished["summary"]["best_run_id"]
     assert promoted["alias_moved"] and promoted["iw_samples"] == 2

@@ -287,3 +287,33 @@ def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, tm
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     listed = run_cli("searches", "--storage-path", str(tmp_path / "ray")).stdout.splitlines()
     assert json.loads(listed[0])["running"] == 0  # not running forever
+
+
+def test_an_epoch_budget_caps_the_training_of_the_whole_search(mlflow_url: str, tmp_path: Path) -> None:
+    """`budget.max_total_epochs`: trials stop once they have trained that many epochs between them."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8, 16, 24], "decoder": [1, 3], "latent": [2]},
+        budget={"num_samples": 6, "max_epochs": 3, "max_concurrent": 2, "max_total_epochs": 5},
+        sampler={"kind": "random", "seed": 1},
+        scheduler="fifo",
+    )
+    proc = search(config, "epochs", mlflow_url, tmp_path / "ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(mlflow_url)
+    _, kids = children(client, "epochs")
+    trained = [
+        m.step
+        for r in kids
+        if "duplicate_of" not in r.data.tags
+        for m in client.get_metric_history(r.info.run_id, "val_loss")
+    ]
+    assert 5 <= len(trained) <= 5 + 1  # one trial reporting in the same step as the last may add its epoch
+    assert len(kids) < 6  # the budget ended the search before every sample ran
+    assert all(r.data.tags.get("end_state") for r in kids) and all(r.info.status != "RUNNING" for r in kids)
+    stopped = [r for r in kids if "epoch budget" in r.data.tags["end_reason"]]
+    assert stopped and all(r.data.tags["end_state"] in ("pruned", "killed") for r in stopped)
+    study = optuna.load_study(study_name="epochs", storage=f"sqlite:///{tmp_path / 'ray/epochs/optuna.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    parent = client.get_run(json.loads(proc.stdout.strip().splitlines()[-1])["parent_run_id"])
+    assert parent.data.tags["status"] == "finished"

@@ -28,6 +28,8 @@ POINT = {"hidden": 8, "decoder": 1, "latent": 2}
         ({"resources": {"gpus": -1}}, "resources.gpus"),
         ({"asha": {"grace": 1}}, "asha.grace"),
         ({"scheduler": "hyperband"}, "scheduler"),
+        ({"sampler": {"kind": "grid"}}, "sampler.kind"),
+        ({"budget": {"max_total_epochs": 0}}, "budget.max_total_epochs"),
         ({"points": [{"hidden": 8, "decoder": 1}]}, "points.0"),
         ({"points": [POINT, {**POINT, "hidden": 9}]}, "points.1.hidden"),
         ({"points": [POINT] * 7}, "points"),
@@ -73,5 +75,7 @@ def test_shipped_configs_are_valid() -> None:
 
     smoke = config.load(REPO / "configs" / "smoke.yaml")
     assert smoke.budget.num_samples >= 8 and smoke.budget.max_epochs <= 4 and smoke.asha.reduction_factor == 2
+    for path in sorted(set((REPO / "configs").glob("*.yaml")) - {REPO / "configs" / "ray-cluster.example.yaml"}):
+        config.load(path)
     seed = config.load(REPO / "configs" / "seed.yaml")
     assert (len(seed.space.hidden), len(seed.space.decoder), len(seed.space.latent)) == (3, 6, 4)

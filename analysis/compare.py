@@ -1,0 +1,80 @@
+"""`vaesearch compare`: best-so-far validation loss against trial-epochs for several searches on one plot.
+
+The seed's own sequence (its 13 hand runs, in its tables' order, each run to the end) can be drawn
+beside them from a reproduction of its tables: what the same person would have reached, epoch for
+epoch, by running the seed's protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from analysis.report import SEED_REPORT
+from analysis.review import best_so_far
+from analysis.runs import AnalysisError, Search, Trial, load_search
+
+Curve = list[tuple[int, float]]
+
+
+def seed_order() -> list[tuple[str, tuple[int, int, int]]]:
+    """The seed's runs as its tables list them: Table 1 by H, Table 2 by decoder, Table 3 by Z."""
+    rows = [(table, key) for key, entries in SEED_REPORT.items() for table, _ in entries]
+    return sorted(rows, key=lambda row: row[0])  # stable: each table keeps its own order
+
+
+def seed_sequence(tables12: Search, tables3: Search) -> tuple[Curve, list[str]]:
+    """The best-so-far curve of the seed's runs one after another, from the reproduction's trials.
+
+    Rows with no trial in the reproduction are left out and named.
+    """
+    curve: Curve = []
+    best, spent, missing = math.inf, 0, []
+    for table, key in seed_order():
+        search = tables3 if table == "Table 3" else tables12
+        trial = _trial(search, key)
+        if trial is None:
+            missing.append(f"{table} H={key[0]} decoder={key[1]} Z={key[2]}")
+            continue
+        for row in trial.history:
+            value = row.get("val_loss", math.nan)
+            best = min(best, value) if math.isfinite(value) else best
+            spent += 1
+            curve.append((spent, best))
+    return curve, missing
+
+
+def _trial(search: Search, key: tuple[int, int, int]) -> Trial | None:
+    """The trial of this config that trained (not a replay), with the longest history."""
+    found = [t for t in search.trials if t.key == key and not t.duplicate_of and t.history]
+    return max(found, key=lambda t: t.epochs) if found else None
+
+
+def compare(client: MlflowClient, experiments: list[str], seed: tuple[str, str] | None, out: Path) -> dict[str, Any]:
+    """Draw every curve into `out` (PNG); per curve, the trial-epochs it spent and the best loss it reached."""
+    curves: dict[str, Curve] = {name: best_so_far(client, load_search(client, name)) for name in experiments}
+    summary: dict[str, Any] = {}
+    if seed:
+        curve, missing = seed_sequence(load_search(client, seed[0]), load_search(client, seed[1]))
+        curves["the seed's sequence"] = curve
+        summary["seed_sequence_missing"] = missing
+    if not any(curves.values()):
+        raise AnalysisError("experiment", "no trained epochs in any of the searches given")
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for label, curve in curves.items():
+        points = [(x, y) for x, y in curve if math.isfinite(y)]
+        if points:
+            ax.step([x for x, _ in points], [y for _, y in points], where="post", label=label)
+        summary[label] = {"trial_epochs": len(curve), "best_val_loss": points[-1][1] if points else None}
+    ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)",
+           title="best so far against compute")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    summary["plot"] = str(out)
+    return summary

@@ -1,0 +1,33 @@
+"""The seed's own sequence, assembled from a reproduction's trials in the seed's order (small fakes)."""
+
+from __future__ import annotations
+
+import math
+
+from analysis.compare import seed_order, seed_sequence
+from analysis.runs import Search, Trial
+
+
+def _trial(hidden: int, decoder: int, latent: int, losses: list[float], **tags: str) -> Trial:
+    params = {"hidden": str(hidden), "decoder": str(decoder), "latent": str(latent)}
+    history = [{"epoch": i, "val_loss": v} for i, v in enumerate(losses, start=1)]
+    return Trial(f"r{hidden}-{decoder}-{latent}", "t", params, dict(tags), min(losses), history)
+
+
+def test_the_seed_order_is_its_thirteen_runs_table_by_table() -> None:
+    order = seed_order()
+    assert len(order) == 13
+    assert [key for table, key in order if table == "Table 1"] == [(64, 1, 2), (128, 1, 2), (256, 1, 2)]
+    assert [key[1] for table, key in order if table == "Table 2"] == [1, 2, 3, 4, 5, 6]
+    assert [key[2] for table, key in order if table == "Table 3"] == [2, 5, 10, 20]
+
+
+def test_seed_sequence_chains_runs_in_order_and_names_the_missing() -> None:
+    tables12 = Search("1", "t12", None, [_trial(64, 1, 2, [5.0, 4.0]), _trial(128, 1, 2, [6.0, 3.0, 3.5]),
+                                         _trial(64, 1, 2, [5.0, 4.0], duplicate_of="r64-1-2")])  # fmt: skip
+    tables3 = Search("2", "t3", None, [_trial(128, 6, 20, [2.0])])
+    curve, missing = seed_sequence(tables12, tables3)
+    # Table 1: H=64 (2 epochs), H=128 (3); Table 2: decoder 1 is H=128 again (3); Table 3: Z=20 (1)
+    assert curve == [(1, 5.0), (2, 4.0), (3, 4.0), (4, 3.0), (5, 3.0), (6, 3.0), (7, 3.0), (8, 3.0), (9, 2.0)]
+    assert len(missing) == 13 - 4 and "Table 1 H=256 decoder=1 Z=2" in missing
+    assert all(math.isfinite(y) for _, y in curve)
