@@ -262,7 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     precision, why = resolve_precision(args.precision, device, field="precision")
     print(f"precision: {precision} ({why})")
     config = dataclasses.replace(config, precision=precision)
-    uri = _tracking_uri(args.tracking_uri, None) if args.tracking_uri else None
+    uri = _given_server_or_start_embedded(args.tracking_uri, None) if args.tracking_uri else None
     data_dir = args.data_dir or data.default_data_dir()
     data.prepare(data_dir, log=lambda m: print(m, file=sys.stderr))
     result = train_to_folder(config, out.resolve(), data_dir, device)
@@ -295,7 +295,7 @@ def _server_folder(folder: Path | None) -> Path:
     return (folder or vaesearch_home() / "mlflow").expanduser().resolve()
 
 
-def _tracking_uri(uri: str | None, port: int | None) -> str:
+def _given_server_or_start_embedded(uri: str | None, port: int | None) -> str:
     """The given server, checked; else the embedded one, started or reused."""
     from mlflow_server import server
 
@@ -324,7 +324,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     check_config_for_cluster(args.address, cfg.tracking.tracking_uri)
     checked_root(cfg.storage_path)
-    uri = _tracking_uri(cfg.tracking.tracking_uri, args.server_port)
+    uri = _given_server_or_start_embedded(cfg.tracking.tracking_uri, args.server_port)
     outcome = run_search(cfg, uri, resume=args.resume, address=args.address, verbose=args.verbose)
     if outcome.interrupted:
         again = f"vaesearch search --config {args.config} --name {cfg.name} --resume"
