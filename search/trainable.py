@@ -159,6 +159,7 @@ class _Trial:
             return
         if trainer.epoch == 0:  # the untrained model's grids: step 0, where the UI's slider starts
             self.log_grids(trainer, 0)
+            self.uploads.flush(FINAL_FLUSH_S)
         while not stop:
             result = trainer.step()
             stop = result.stop
@@ -171,11 +172,14 @@ class _Trial:
         if result.improved:
             self.snapshot_best(trainer, result.epoch)
         grid_seconds = 0.0
-        if result.stop or result.epoch % self.settings.samples_every == 0 or result.epoch in self.rungs:
+        drawn = result.stop or result.epoch % self.settings.samples_every == 0 or result.epoch in self.rungs
+        if drawn:
             grid_start = time.perf_counter()
             self.log_grids(trainer, result.epoch)
             grid_seconds = time.perf_counter() - grid_start
-        self.uploads.flush(FINAL_FLUSH_S if result.stop else REPORT_FLUSH_S)
+        # Grids must land before the report: ASHA may stop the trial after it, and at the search's end Ray
+        # kills a stopping trial within 10 s. Other epochs wait briefly and let the queue catch up later.
+        self.uploads.flush(FINAL_FLUSH_S if drawn else REPORT_FLUSH_S)
         # What logging cost this epoch's training: the wait for uploads, not the drawing of grids.
         report: dict[str, Any] = {**result.metrics, **overhead, "epoch": result.epoch}
         report["log_seconds"] = time.perf_counter() - waited - grid_seconds
