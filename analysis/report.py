@@ -247,7 +247,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
         lines += [f"![{title}]({name})", ""]
     lines += review_section(client, search, out)
     trained, replayed, fifo = asha_savings(search)
-    if fifo:
+    if fifo and search.config.get("scheduler", "asha") == "asha":  # a FIFO search has no ASHA to credit
         lines += [
             "## What ASHA saved",
             "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,12 @@ def promote(url: str, *extra: str) -> dict:
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout
     return json.loads(lines[0])
+
+
+def ctrl_c_able() -> None:
+    """Popen's preexec_fn for a child a test stops with SIGINT, as Ctrl-C would.
+
+    A suite started in the background by a non-interactive shell inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt; restore the default.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)

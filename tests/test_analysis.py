@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import write_report
 from mlflow_server import server
-from tests.helpers import REPO, assert_one_line_error, promote, run_cli, search, write_config
+from tests.helpers import REPO, assert_one_line_error, ctrl_c_able, promote, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -233,7 +233,9 @@ def test_dashboard_serves_the_searchs_study_and_stops_on_ctrl_c(finished: dict) 
     port = server.free_port()
     cmd = [sys.executable, "-m", "search", "dashboard", "e2e", "--storage-path", str(finished["storage"]),
            "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_able
+    )
     try:
         deadline, studies = time.monotonic() + 60, None
         while time.monotonic() < deadline and studies is None:

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO, run_cli, search, write_config
+from tests.helpers import REPO, ctrl_c_able, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +135,9 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
     )
     cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", "resume",
            "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray")]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=ctrl_c_able
+    )
     client = MlflowClient(mlflow_url)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait for one finished trial and a second one under way

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server import server
-from tests.helpers import REPO
+from tests.helpers import REPO, ctrl_c_able
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 OUTPUT = Path(os.environ.get("VAESEARCH_TEST_OUTPUT", REPO / "test-output"))
@@ -74,7 +74,9 @@ def test_the_optuna_dashboard_shows_the_studys_trials(browser, finished: dict) -
     port = server.free_port()
     cmd = [sys.executable, "-m", "search", "dashboard", "e2e", "--storage-path", str(finished["storage"]),
            "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_able
+    )
     try:
         wait_for(lambda: server.port_in_use("127.0.0.1", port), "the dashboard to listen")
         browser.get(f"http://127.0.0.1:{port}/dashboard")
