@@ -105,21 +105,21 @@ def check_precision(cfg: SearchConfig, log: Callable[[str], None]) -> None:
         log(f"precision: auto takes {precision} here: {why}; each trial decides on its own node (param `precision`)")
 
 
-def _state(cfg: SearchConfig, folder: Path, resume: bool, log: Callable[[str], None]) -> SearchConfig:
-    """The config to run: the stored one on a resume; a new search must not exist yet."""
+def _state(cfg: SearchConfig, folder: Path, resume: bool, log: Callable[[str], None]) -> SearchState | None:
+    """The stored state of the search to resume (its config is the one to run); a new search must not exist yet."""
     if resume:
         if not SearchState.exists(folder):
             raise SearchError("resume", f"no search named {cfg.name} under {folder.parent}")
-        stored = SearchState.load(folder).config
-        if stored != cfg.model_dump():
+        stored = SearchState.load(folder)
+        if stored.config != cfg.model_dump():
             log("note: resuming with the config stored at the search's start")
-        return SearchConfig.model_validate(stored)
+        return stored
     if SearchState.exists(folder):
         raise SearchError(
             "name",
             f"a search named {cfg.name} already exists under {folder.parent}; add `resume` or choose another `name`",
         )
-    return cfg
+    return None
 
 
 def run_search(
@@ -133,15 +133,17 @@ def run_search(
     """Start (or resume) the search named cfg.name and wait for it; Ctrl-C saves state and returns."""
     root = checked_root(cfg.storage_path)
     folder = root / cfg.name
-    cfg = _state(cfg, folder, resume, log)
+    stored = _state(cfg, folder, resume, log)
+    if stored is not None:
+        cfg = SearchConfig.model_validate(stored.config)
     tracker = Tracker(tracking_uri)
     data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
     md5s = data.prepare(data_dir, log=lambda m: None)
     check_precision(cfg, log)
     cluster = ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no run
     space = space_spec(cfg)
-    if resume:
-        state = SearchState.load(folder)
+    if stored is not None:
+        state = stored
         tracker.set_tags(state.parent_run_id, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **cluster})
     else:
         tags = {"storage_path": str(root), **cluster}
