@@ -2,7 +2,8 @@
 
 The seed's own sequence (its 13 hand runs, in its tables' order, each run to the end) can be drawn
 beside them from a reproduction of its tables: what the same person would have reached, epoch for
-epoch, by running the seed's protocol.
+epoch, by running the seed's protocol. Each search is named on the tracking server or given as the
+trials.csv its report wrote, so a comparison outlives the server that ran it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import SEED_REPORT
 from analysis.review import best_so_far
-from analysis.runs import AnalysisError, Search, Trial, load_search
+from analysis.runs import AnalysisError, Search, Trial, load_search, search_from_csv
 
 Curve = list[tuple[int, float]]
 
@@ -54,12 +55,23 @@ def _trial(search: Search, key: tuple[int, int, int]) -> Trial | None:
     return max(found, key=lambda t: t.epochs) if found else None
 
 
+def source(client: MlflowClient, name: str) -> Search:
+    """A search by its name on the server, or from a trials.csv file (a name ending in .csv)."""
+    if name.endswith(".csv"):
+        path = Path(name)
+        if not path.is_file():
+            raise AnalysisError("experiment", f"no such trials.csv: {name}")
+        return search_from_csv(path)
+    return load_search(client, name)
+
+
 def compare(client: MlflowClient, experiments: list[str], seed: tuple[str, str] | None, out: Path) -> dict[str, Any]:
     """Draw every curve into `out` (PNG); per curve, the trial-epochs it spent and the best loss it reached."""
-    curves: dict[str, Curve] = {name: best_so_far(client, load_search(client, name)) for name in experiments}
+    searches = [source(client, name) for name in experiments]
+    curves: dict[str, Curve] = {search.name: best_so_far(search) for search in searches}
     summary: dict[str, Any] = {}
     if seed:
-        curve, missing = seed_sequence(load_search(client, seed[0]), load_search(client, seed[1]))
+        curve, missing = seed_sequence(source(client, seed[0]), source(client, seed[1]))
         curves["the seed's sequence"] = curve
         summary["seed_sequence_missing"] = missing
     if not any(curves.values()):

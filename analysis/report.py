@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import review
-from analysis.runs import Search, Trial, load_search
+from analysis.runs import LOGGED_AT, Search, Trial, load_search
 from vae.checkpoint import load_model
 from vae.figures import sample_grids
 from vae.loss import PER_BATCH
@@ -151,7 +151,7 @@ def subset_note(config: dict) -> str | None:
 def write_trials_csv(search: Search, path: Path) -> Path:
     """One row per trial and epoch: the run, its params and end, and the epoch's metrics."""
     params = sorted({k for t in search.trials for k in t.params})
-    columns = ["run_id", "name", *params, END_STATE, DUPLICATE_OF, "epoch", *METRICS]
+    columns = ["run_id", "name", *params, END_STATE, DUPLICATE_OF, "epoch", *METRICS, LOGGED_AT]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -182,7 +182,7 @@ def review_section(client: MlflowClient, search: Search, out: Path) -> list[str]
         lines += ["Too few ranked trials, or no parameter that varied, for importance.", ""]
     if review.parallel_coordinates(search, out / "parallel_coordinates.png"):
         lines += ["![parallel coordinates](parallel_coordinates.png)", ""]
-    if review.plot_best_so_far(review.best_so_far(client, search), out / "best_so_far.png"):
+    if review.plot_best_so_far(review.best_so_far(search), out / "best_so_far.png"):
         lines += ["![best so far](best_so_far.png)", ""]
     rungs = review.asha_rungs(search)
     if rungs:

@@ -14,9 +14,8 @@ from typing import Any
 import optuna
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from mlflow.tracking import MlflowClient
 
-from analysis.runs import Search, Trial
+from analysis.runs import LOGGED_AT, AnalysisError, Search, Trial
 
 SEARCHED = ("hidden", "decoder", "latent", "lr", "batch_size")
 
@@ -109,7 +108,7 @@ def parallel_coordinates(search: Search, path: Path) -> Path | None:
     return path
 
 
-def best_so_far(client: MlflowClient, search: Search) -> list[tuple[int, float]]:
+def best_so_far(search: Search) -> list[tuple[int, float]]:
     """(cumulative trial-epochs, best validation loss so far) as the epochs were trained, in time order.
 
     Replays of duplicates cost no training and are left out; failed trials' epochs count (they were paid for).
@@ -118,8 +117,12 @@ def best_so_far(client: MlflowClient, search: Search) -> list[tuple[int, float]]
     for t in search.trials:
         if t.duplicate_of:
             continue
-        for m in client.get_metric_history(t.run_id, "val_loss"):
-            events.append((m.timestamp, m.value, t.end_state != "failed"))
+        for row in t.history:
+            if "val_loss" not in row:
+                continue
+            if LOGGED_AT not in row:
+                raise AnalysisError("experiment", f"{search.name}: epochs with no time they were logged at")
+            events.append((row[LOGGED_AT], row["val_loss"], t.end_state != "failed"))
     curve, best = [], math.inf
     for i, (_, value, counts) in enumerate(sorted(events), start=1):
         if counts and math.isfinite(value):

@@ -6,9 +6,11 @@ tracking server alone.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -20,6 +22,9 @@ from vae.records import DUPLICATE_OF, END_STATE, KIND, METRICS, PARENT_TAG, RANK
 
 class AnalysisError(UserError):
     """An experiment, run or model that is not there."""
+
+
+LOGGED_AT = "logged_at"  # in a trial's history: when the epoch's val_loss reached MLflow (s), the order of training
 
 
 @dataclass
@@ -67,7 +72,8 @@ class Search:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self.parent.data.params.get("config", "{}"))
+        """The search's config as its parent run holds it ({} for a search read back from a trials.csv)."""
+        return json.loads(self.parent.data.params.get("config", "{}")) if self.parent is not None else {}
 
     def best(self) -> Trial | None:
         """The search's best trial, as `vae.records.best` decides."""
@@ -79,7 +85,20 @@ def _finite(x: Any) -> bool:
 
 
 def history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
-    return records.epoch_rows(METRICS, lambda key: client.get_metric_history(run_id, key))
+    """A trial's rows {epoch, metric: value, logged_at}, in epoch order."""
+    logged: dict[int, float] = {}
+
+    def fetch(key: str) -> list[Any]:
+        found = client.get_metric_history(run_id, key)
+        if key == "val_loss":
+            logged.update({m.step: m.timestamp / 1000 for m in found})
+        return found
+
+    rows = records.epoch_rows(METRICS, fetch)
+    for row in rows:
+        if row["epoch"] in logged:
+            row[LOGGED_AT] = logged[int(row["epoch"])]
+    return rows
 
 
 def load_search(client: MlflowClient, experiment: str, with_history: bool = True) -> Search:
@@ -104,3 +123,34 @@ def load_search(client: MlflowClient, experiment: str, with_history: bool = True
             trial.best_val_loss = min(finite) if finite else math.nan
         trials.append(trial)
     return Search(exp.experiment_id, experiment, parent, trials)
+
+
+def search_from_csv(path: Path) -> Search:
+    """A search read back from the trials.csv that `vaesearch report` wrote: its trials and their curves.
+
+    What a committed CSV keeps after the tracking server that held the search is gone; the search
+    is named after the file.
+    """
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise AnalysisError("experiment", f"cannot read {path}: {err}") from None
+    needed = {"run_id", "name", "hidden", "decoder", "latent", "epoch", "val_loss", END_STATE, DUPLICATE_OF}
+    if not rows or not needed <= set(rows[0]):
+        raise AnalysisError("experiment", f"{path} is not a trials.csv written by `vaesearch report`")
+    params = [k for k in rows[0] if k not in {"run_id", "name", END_STATE, DUPLICATE_OF, "epoch", LOGGED_AT, *METRICS}]
+    trials: dict[str, Trial] = {}
+    for row in rows:
+        trial = trials.get(row["run_id"])
+        if trial is None:
+            tags = {END_STATE: row[END_STATE], **({DUPLICATE_OF: row[DUPLICATE_OF]} if row[DUPLICATE_OF] else {})}
+            values = {k: row[k] for k in params}
+            trial = trials[row["run_id"]] = Trial(row["run_id"], row["name"], values, tags, math.nan)
+        numbers = {k: float(v) for k, v in row.items() if k in (*METRICS, LOGGED_AT) and v != ""}
+        trial.history.append({"epoch": int(row["epoch"]), **numbers})
+    for trial in trials.values():
+        trial.history.sort(key=lambda r: r["epoch"])
+        finite = [r["val_loss"] for r in trial.history if _finite(r.get("val_loss"))]
+        trial.best_val_loss = min(finite) if finite else math.nan
+    return Search("", path.stem, None, list(trials.values()))

@@ -169,13 +169,16 @@ def _report_command(sub: Any) -> None:
 
 def _compare_command(sub: Any) -> None:
     cp = sub.add_parser("compare", help="plot best-so-far loss against trial-epochs for several searches")
-    cp.add_argument("--experiment", action="append", default=[], help="a search's name; give it once per search")
+    cp.add_argument(
+        "--experiment", action="append", default=[], help="a search's name, or a trials.csv its report wrote; once each"
+    )
     cp.add_argument(
         "--seed-sequence",
         nargs=2,
         metavar=("TABLES12", "TABLES3"),
         default=None,
-        help="also the seed's 13 runs in its order, from the searches that reproduced its Tables 1-2 and 3",
+        help="also the seed's 13 runs in its order, from the searches (names or trials.csv files) that "
+        "reproduced its Tables 1-2 and 3",
     )
     cp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
     cp.add_argument("--out", type=Path, required=True, help="PNG file to write")

@@ -30,16 +30,23 @@ def _values(config: dict[str, Any]) -> str:
 class Console(tune.Callback):
     """Trial events as single lines on stdout, and every `every` seconds where the search stands."""
 
-    def __init__(self, num_samples: int, fail_fast: SearchStopper, every: float = PROGRESS_EVERY_S) -> None:
+    def __init__(self, num_samples: int, stopper: SearchStopper, every: float = PROGRESS_EVERY_S) -> None:
         self.num_samples = num_samples
-        self.fail_fast = fail_fast
+        self.stopper = stopper
         self.every = every
         self.ends: dict[str, str] = {}  # trial id -> end state
-        self._started = self._last = time.monotonic()
+        self._start()
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # a resumed search counts its own time
+        state.setdefault("stopper", state.pop("fail_fast", None))  # pickled before the rename
         self.__dict__.update(state)
+        self._start()
+
+    def _start(self) -> None:
+        """What this process has seen so far: rates for the time to go count only its own work."""
         self._started = self._last = time.monotonic()
+        self._done_at_start = len(self.ends)
+        self._epochs_at_start = len(self.stopper.trained)
 
     def say(self, line: str) -> None:
         print(line, file=sys.stdout, flush=True)
@@ -55,7 +62,7 @@ class Console(tune.Callback):
         self.say(f"trial {trial.trial_id} failed for good after Ray's retries (see its run's end_reason)")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        state, reason = end_of(trial, self.fail_fast)
+        state, reason = end_of(trial, self.stopper)
         self.ends[trial.trial_id] = state
         last = trial.last_result or {}
         epoch, best = last.get("epoch"), last.get("best_val_loss")
@@ -91,8 +98,22 @@ class Console(tune.Callback):
             and math.isfinite(t.last_result["best_val_loss"])
         ]
         best = f"best {min(losses):.2f}" if losses else "no best yet"
-        to_go = f", about {_duration(elapsed / done * (self.num_samples - done))} to go" if done else ""
+        epochs = len(self.stopper.trained)
+        budget = self.stopper.max_total_epochs
+        spent = f", {epochs}/{budget} epochs of the budget" if budget else ""
+        left = self.time_to_go(elapsed, done, epochs)
+        to_go = f", about {_duration(left)} to go" if left is not None else ""
         return (
             f"progress: {done}/{self.num_samples} trials done ({running} running, {states.count('pruned')} pruned, "
-            f"{states.count('failed')} failed), {best}, {_duration(elapsed)} elapsed{to_go}"
+            f"{states.count('failed')} failed){spent}, {best}, {_duration(elapsed)} elapsed{to_go}"
         )
+
+    def time_to_go(self, elapsed: float, done: int, epochs: int) -> float | None:
+        """At this process's pace, when the samples run out or the epoch budget is spent, whichever is first."""
+        estimates = []
+        if done > self._done_at_start:
+            estimates.append(elapsed / (done - self._done_at_start) * (self.num_samples - done))
+        budget = self.stopper.max_total_epochs
+        if budget and epochs > self._epochs_at_start:
+            estimates.append(elapsed / (epochs - self._epochs_at_start) * max(budget - epochs, 0))
+        return min(estimates) if estimates else None

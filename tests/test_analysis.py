@@ -16,7 +16,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.report import write_report
+from analysis.report import write_report, write_trials_csv
+from analysis.runs import load_search
 from mlflow_server import server
 from tests.helpers import REPO, assert_one_line_error, ctrl_c_able, promote, run_cli, search, write_config
 
@@ -123,8 +124,17 @@ def test_compare_plots_the_best_so_far_of_searches(finished: dict, mlflow_url: s
     assert summary["e2e"]["trial_epochs"] == trained  # replays of duplicates cost nothing
     assert summary["e2e"]["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
     assert out.stat().st_size > 1000
+    # the same search from the trials.csv its report writes: the same curve, with no server needed for it
+    trials_csv = write_trials_csv(load_search(client, "e2e"), tmp_path / "e2e.csv")
+    again = run_cli("compare", "--experiment", str(trials_csv), "--tracking-uri", mlflow_url, "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["e2e"] == summary["e2e"]
     bad = run_cli("compare", "--experiment", "no-such-search", "--tracking-uri", mlflow_url, "--out", str(out))
     assert_one_line_error(bad, "--experiment", "no-such-search")
+    missing = run_cli(
+        "compare", "--experiment", str(tmp_path / "gone.csv"), "--tracking-uri", mlflow_url, "--out", str(out)
+    )
+    assert_one_line_error(missing, "--experiment", "gone.csv")
 
 
 def test_promote_points_the_alias_at_the_best_run(promoted: dict, finished: dict, mlflow_url: str) -> None:

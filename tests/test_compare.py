@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from analysis.compare import seed_order, seed_sequence
-from analysis.runs import Search, Trial
+from analysis.report import write_trials_csv
+from analysis.review import best_so_far
+from analysis.runs import Search, Trial, search_from_csv
 
 
-def _trial(hidden: int, decoder: int, latent: int, losses: list[float], **tags: str) -> Trial:
+def _trial(hidden: int, decoder: int, latent: int, losses: list[float], run: str = "", **tags: str) -> Trial:
     params = {"hidden": str(hidden), "decoder": str(decoder), "latent": str(latent)}
-    history = [{"epoch": i, "val_loss": v} for i, v in enumerate(losses, start=1)]
-    return Trial(f"r{hidden}-{decoder}-{latent}", "t", params, dict(tags), min(losses), history)
+    history = [{"epoch": i, "val_loss": v, "logged_at": 1000.0 + 10 * i + hidden} for i, v in enumerate(losses, 1)]
+    return Trial(run or f"r{hidden}-{decoder}-{latent}", "t", params, dict(tags), min(losses), history)
 
 
 def test_the_seed_order_is_its_thirteen_runs_table_by_table() -> None:
@@ -31,3 +34,15 @@ def test_seed_sequence_chains_runs_in_order_and_names_the_missing() -> None:
     assert curve == [(1, 5.0), (2, 4.0), (3, 4.0), (4, 3.0), (5, 3.0), (6, 3.0), (7, 3.0), (8, 3.0), (9, 2.0)]
     assert len(missing) == 13 - 4 and "Table 1 H=256 decoder=1 Z=2" in missing
     assert all(math.isfinite(y) for _, y in curve)
+
+
+def test_a_search_read_back_from_its_trials_csv_draws_the_same_curves(tmp_path: Path) -> None:
+    trials = [_trial(64, 1, 2, [5.0, 4.0], end_state="completed"), _trial(128, 1, 2, [6.0, 3.0, 3.5]),
+              _trial(64, 1, 2, [5.0], run="replay", duplicate_of="r64-1-2", end_state="completed")]  # fmt: skip
+    search = Search("1", "t12", None, trials)
+    back = search_from_csv(write_trials_csv(search, tmp_path / "t12.csv"))
+    assert back.name == "t12" and len(back.trials) == 3
+    assert best_so_far(back) == best_so_far(search) == [(1, 5.0), (2, 4.0), (3, 4.0), (4, 3.0), (5, 3.0)]
+    assert seed_sequence(back, back) == seed_sequence(search, search)
+    replay = next(t for t in back.trials if t.duplicate_of)
+    assert replay.duplicate_of == "r64-1-2" and replay.end_state == "completed" and replay.key == (64, 1, 2)
