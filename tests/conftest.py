@@ -11,27 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import promote, search, write_config
+from tests.helpers import MARK, processes_with, promote, search, write_config
 from vae import data
 
-# Every process the suite starts inherits this mark, so the session can find any left behind.
-MARK = "VAESEARCH_TEST_SESSION"
 os.environ[MARK] = uuid.uuid4().hex
 
 
 def _marked_processes() -> list[int]:
-    """Processes other than this one whose environment carries this session's mark."""
-    needle = f"{MARK}={os.environ[MARK]}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # gone already, or not ours to read
-            continue
-    return found
+    return processes_with(MARK, os.environ[MARK])
 
 
 @pytest.fixture(scope="session", autouse=True)

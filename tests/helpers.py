@@ -7,9 +7,48 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Every process the suite starts inherits this mark (conftest sets it), so the suite can find what it
+# started, and only that: a user's own search or Ray cluster on the same machine is not the suite's to stop.
+MARK = "VAESEARCH_TEST_SESSION"
+
+
+def processes_with(name: str, value: str) -> list[int]:
+    """Processes other than this one whose environment holds name=value."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone already, or not ours to read
+            continue
+    return found
+
+
+def started_by_the_suite(pids: list[int]) -> list[int]:
+    """Those of `pids` that this test session started (directly or through Ray)."""
+    ours = set(processes_with(MARK, os.environ[MARK]))
+    return [pid for pid in pids if pid in ours]
+
+
+def stop_processes(pids: list[int], grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                continue
+        deadline = time.monotonic() + grace
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.5)
 
 
 def run_cli(

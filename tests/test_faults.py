@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.helpers import REPO, assert_one_line_error, run_cli, search, write_config
+from tests.helpers import (
+    REPO,
+    assert_one_line_error,
+    processes_with,
+    run_cli,
+    search,
+    started_by_the_suite,
+    stop_processes,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +72,9 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def trial_workers() -> list[int]:
+    """This suite's trial processes; a search someone else runs on the machine is left alone."""
     out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    return started_by_the_suite([int(p) for p in out.stdout.split()])
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_without_gaps(mlflow_url: str, tmp_path: Path) -> None:
@@ -202,9 +213,14 @@ def test_the_tracking_server_gone_for_a_minute_loses_nothing(own_server, tmp_pat
 
 @pytest.fixture
 def two_nodes(tmp_path: Path):
-    """`ray start --head` and a second `ray start --address`, one CPU each, on this machine."""
+    """`ray start --head` and a second `ray start --address`, one CPU each, on this machine.
+
+    Torn down by stopping the processes carrying this cluster's own mark: `ray stop` would stop
+    every Ray on the machine, a user's running search among them.
+    """
     port = server.free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    cluster = uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VAESEARCH_TEST_CLUSTER": cluster}
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     ray = str(Path(sys.executable).with_name("ray"))
     head = [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common]
@@ -214,7 +230,7 @@ def two_nodes(tmp_path: Path):
         subprocess.run(worker, check=True, env=env, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_processes(processes_with("VAESEARCH_TEST_CLUSTER", cluster))
 
 
 def test_a_search_runs_trials_on_both_nodes_of_a_two_node_cluster(two_nodes, mlflow_url: str, tmp_path: Path) -> None:
