@@ -123,6 +123,19 @@ def config_key(values: dict[str, Any]) -> str:
     return json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
 
 
+def image_stem(key: str, step: int, timestamp_ms: int, unique: str) -> str:
+    """The name MLflow's UI parses an image's key, step and time from: `key%step%S%timestamp%T%ID`.
+
+    The server URL-decodes an artifact path until it stops changing before it checks it, and
+    stores it under the decoded name: a `%` followed by two hex digits is read as an escape, so
+    step 23 (`%23`, "#") is refused and an id starting `2f` ("/") lands in a folder. Each field
+    after a `%` therefore starts with `00`: `%00` decodes to NUL, which the server escapes back
+    to the same `%00` (a `0N` prefix would not do: `%09` is a tab, which URL parsing drops),
+    and the UI's parseInt reads `0023` as 23.
+    """
+    return f"{key}%step%00{step}%timestamp%00{timestamp_ms}%00{unique}"
+
+
 class Tracker:
     """MLflow as the search uses it; every method names runs by id."""
 
@@ -282,7 +295,7 @@ class Tracker:
         from PIL import Image
 
         image = Image.fromarray(pixels)
-        stem = f"{key}%step%{step}%timestamp%{int(time.time() * 1000)}%{uuid.uuid4()}"
+        stem = image_stem(key, step, int(time.time() * 1000), uuid.uuid4().hex)
         with tempfile.TemporaryDirectory() as folder:
             image.save(Path(folder) / f"{stem}.png")
             compress_image_size(image).save(Path(folder) / f"{stem}%compressed.webp")

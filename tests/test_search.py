@@ -49,9 +49,9 @@ def test_every_trial_ends_with_a_nested_child_run(finished: dict, mlflow_url: st
         last = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]  # MLflow's stepped images
         for key in ("samples", "manifold"):  # Z=2: prior draws and the manifold, at step 0 and the last epoch's
-            assert any(p.startswith(f"images/{key}%step%{last}%") and p.endswith(".png") for p in images), images
-            assert any(p.startswith(f"images/{key}%step%0%") for p in images), images
-            assert any(p.startswith(f"images/{key}%step%{last}%") and p.endswith("%compressed.webp") for p in images)
+            assert any(p.startswith(f"images/{key}%step%00{last}%") and p.endswith(".png") for p in images), images
+            assert any(p.startswith(f"images/{key}%step%000%") for p in images), images
+            assert any(p.startswith(f"images/{key}%step%00{last}%") and p.endswith("%compressed.webp") for p in images)
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {"checkpoint/best.pt"}
         assert run.data.params["precision"] in {"fp32", "bf16"}
         system = {k for k in run.data.metrics if k.startswith("system/")}  # MLflow's system metrics, sampled

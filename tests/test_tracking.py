@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+import uuid
 
-from search.tracking import Sender
+from mlflow.utils.uri import validate_path_is_safe
+
+from search.tracking import Sender, image_stem
 
 
 def test_flush_waits_for_writes_submitted_while_the_queue_drains() -> None:
@@ -36,3 +40,30 @@ def test_a_write_that_keeps_failing_is_given_up_and_flush_returns() -> None:
     sender.submit("broken", broken)
     assert sender.flush(timeout=10)
     assert sender.lost == ["broken: ConnectionError"]
+
+
+def test_image_names_pass_the_servers_path_check_unchanged_and_parse_as_the_ui_parses_them() -> None:
+    """Every step and id: the server neither refuses the name nor stores it under another (a `#`, a `/`)."""
+    rng = random.Random(0)
+    ids = [
+        "2328cca1b81749118",
+        "2fab",
+        "2e2e",
+        "25",
+        "00",
+        *(uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(300)),
+    ]
+    for step in range(0, 1001):
+        for unique in (ids[step % len(ids)], "2328cca1"):
+            for ext in (".png", "%compressed.webp"):
+                name = f"images/{image_stem('samples', step, 1795609600188, unique)}{ext}"
+                assert validate_path_is_safe(name) == name, (step, unique)
+                stem = name.removeprefix("images/").removesuffix(".png").removesuffix("%compressed.webp")
+                key, step_word, value, time_word, stamp, _ = stem.split("%")  # the UI splits on the separator
+                assert (key, step_word, int(value), time_word, int(stamp)) == (
+                    "samples",
+                    "step",
+                    step,
+                    "timestamp",
+                    1795609600188,
+                )
