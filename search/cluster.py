@@ -49,7 +49,9 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
     secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS}
     try:
         ray.init(
-            address=address,
+            # "local": a Ray of its own. None would join the last `ray start` cluster on this machine
+            # (or RAY_ADDRESS), and wait forever on one that died without `ray stop`; joining is --address's job.
+            address=address or "local",
             include_dashboard=False,
             log_to_driver=verbose,
             configure_logging=False,

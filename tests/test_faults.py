@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -231,6 +232,9 @@ def two_nodes(tmp_path: Path):
         yield f"127.0.0.1:{port}", env
     finally:
         stop_processes(processes_with("VAESEARCH_TEST_CLUSTER", cluster))
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # `ray start` wrote it; `ray stop` would
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):  # remove it: a dead cluster's address
+            current.unlink()
 
 
 def test_a_search_runs_trials_on_both_nodes_of_a_two_node_cluster(two_nodes, mlflow_url: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_server import server
 from tests.helpers import REPO, ctrl_c_able, run_cli, search, write_config
 
 pytestmark = pytest.mark.slow
@@ -268,6 +270,24 @@ def test_fixed_points_run_first_and_fifo_trains_every_trial_to_the_end(mlflow_ur
     for run in ran:  # nothing pruned: each trial ran to max_epochs
         assert run.data.tags["end_state"] == "completed"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+
+
+def test_without_an_address_a_search_starts_its_own_ray_even_beside_a_dead_ray_start(
+    mlflow_url: str, tmp_path: Path
+) -> None:
+    """A `ray start` cluster that died without `ray stop` leaves its address behind; `ray.init()` would wait on it."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8], "decoder": [1], "latent": [2]},
+        budget={"num_samples": 1, "max_epochs": 1, "max_concurrent": 1},
+    )
+    with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as ray_tmp:  # short: Ray's socket paths have a limit
+        (Path(ray_tmp) / "ray").mkdir()
+        (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{server.free_port()}")
+        proc = run_cli("search", "--config", str(config), "--name", "own-ray", "--tracking-uri", mlflow_url,
+                       "--storage-path", str(tmp_path / "ray"), env={"RAY_TMPDIR": ray_tmp}, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ray: 1 node(s)" in proc.stdout
 
 
 def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, tmp_path: Path) -> None:
