@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from analysis.report import SEED_REPORT
 from analysis.review import best_so_far
 from analysis.runs import AnalysisError, Search, Trial, load_search, search_from_csv
+from vae.loss import PER_BATCH
 
 Curve = list[tuple[int, float]]
 
@@ -83,6 +84,10 @@ def compare(client: MlflowClient, experiments: list[str], seed: tuple[str, str] 
         if points:
             ax.step([x for x, _ in points], [y for _, y in points], where="post", label=label)
         summary[label] = {"trial_epochs": len(curve), "best_val_loss": points[-1][1] if points else None}
+    if seed:  # the mark to beat: the seed's best figure, as the searches' losses are in nats per image
+        target = min(value for entries in SEED_REPORT.values() for _, value in entries) / PER_BATCH
+        ax.axhline(target, color="grey", linestyle="--", label=f"the seed's best ({target:.2f})")
+        summary["seed_best"] = target
     ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)",
            title="best so far against compute")  # fmt: skip
     ax.legend()

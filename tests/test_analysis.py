@@ -129,6 +129,12 @@ def test_compare_plots_the_best_so_far_of_searches(finished: dict, mlflow_url: s
     again = run_cli("compare", "--experiment", str(trials_csv), "--tracking-uri", mlflow_url, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["e2e"] == summary["e2e"]
+    seed = run_cli("compare", "--experiment", "e2e", "--seed-sequence", str(trials_csv), str(trials_csv),
+                   "--tracking-uri", mlflow_url, "--out", str(out))  # fmt: skip
+    assert seed.returncode == 0, seed.stderr
+    drawn = json.loads(seed.stdout.strip().splitlines()[-1])
+    assert drawn["seed_best"] == pytest.approx(5939.02 / 64)  # the line to beat: Table 3's Z=20, per image
+    assert len(drawn["seed_sequence_missing"]) == 13  # the tiny search trained none of the seed's configs
     bad = run_cli("compare", "--experiment", "no-such-search", "--tracking-uri", mlflow_url, "--out", str(out))
     assert_one_line_error(bad, "--experiment", "no-such-search")
     missing = run_cli(
