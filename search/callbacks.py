@@ -41,11 +41,20 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict) -> None:
-        """The trial's value at its epoch, as an intermediate value; once per epoch."""
+        """The trial's value at its epoch, as an intermediate value; once per epoch.
+
+        A trial that ends by itself (early stopping, max_epochs) hands its last
+        result to both on_trial_result and on_trial_complete; Optuna warns on the second.
+        """
+        epoch = int(result["epoch"])
+        reported = self.__dict__.setdefault("_reported_epoch", {})  # setdefault: searchers pickled without it
+        if reported.get(trial_id) == epoch:
+            return
         try:
-            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+            self._ot_trials[trial_id].report(result[self.metric], epoch)
         except UpdateFinishedTrialError:  # told before the driver was lost; Ray's older state resumed it
             self._completed_trials.add(trial_id)
+        reported[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
