@@ -40,16 +40,18 @@ def reconcile(tracker: Tracker, grid: Any) -> None:
             tracker.set_tags(run_id, {"reconciled_epochs": ",".join(map(str, sent))})
 
 
-def end_unfinished(tracker: Tracker, experiment_id: str, parent: str, reason: str, terminate: bool = True) -> None:
-    """Tag `killed` every child run that has no end state; `terminate` also ends it in MLflow.
+def end_unfinished(
+    tracker: Tracker, experiment_id: str, parent: str, reason: str, terminate: bool = True, state: str = "killed"
+) -> None:
+    """Tag `state` (killed, or pruned for an epoch budget's cut) on every child run that has no end state.
 
-    An interrupted search leaves them RUNNING, for `--resume` to continue.
+    `terminate` also ends it in MLflow; an interrupted search leaves them RUNNING, for `--resume` to continue.
     """
     for run in tracker.children(experiment_id, parent):
         if END_STATE not in run.data.tags:
-            tracker.set_tags(run.info.run_id, {END_STATE: "killed", END_REASON: reason})
+            tracker.set_tags(run.info.run_id, {END_STATE: state, END_REASON: reason})
             if terminate:
-                tracker.finish(run.info.run_id, "KILLED")
+                tracker.finish(run.info.run_id, "KILLED" if state == "killed" else "FINISHED")
 
 
 def adopt_optuna_ends(tracker: Tracker, experiment_id: str, parent: str, study: Any) -> None:
@@ -69,13 +71,14 @@ def adopt_optuna_ends(tracker: Tracker, experiment_id: str, parent: str, study: 
             tracker.set_tags(run.info.run_id, {END_STATE: state, END_REASON: reason})
 
 
-def fail_running(study: Any) -> None:
-    """Tell Optuna FAIL for trials still RUNNING after the search: Ray stopped them without telling the searcher."""
+def end_running(study: Any, pruned: bool = False) -> None:
+    """Tell Optuna FAIL (or PRUNED) for trials still RUNNING: Ray stopped them without telling the searcher."""
     from optuna.trial import TrialState
 
+    state = TrialState.PRUNED if pruned else TrialState.FAIL
     for trial in study.trials:
         if trial.state == TrialState.RUNNING:
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            study.tell(trial.number, state=state, skip_if_finished=True)
 
 
 def prune_unknown_runs(tracker: Tracker, experiment_id: str, parent: str, known: set) -> int:

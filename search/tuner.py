@@ -19,8 +19,8 @@ from search.config import SearchConfig, SearchError, SearchStopped
 from search.parent import best_child_run, start_parent
 from search.reconcile import (
     adopt_optuna_ends,
+    end_running,
     end_unfinished,
-    fail_running,
     prune_unknown_runs,
     reconcile,
     trial_id_of,
@@ -280,8 +280,15 @@ def _after(
         tracker.set_tags(parent, {"status": "interrupted"})
         return Outcome(True, len(grid), None, cfg.name, parent)
     # A budget (time, epochs) stops trials the callbacks may not hear of, and leaves Optuna's last ones RUNNING.
-    end_unfinished(tracker, experiment_id, parent, f"the search's {budget} budget ran out")
-    fail_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)))
+    # The epoch budget cuts them as ASHA would, with what they measured intact: pruned, as end_of names them.
+    if budget == "epoch":
+        from search.callbacks import BUDGET_SPENT
+
+        reason = f"{BUDGET_SPENT} ({cfg.budget.max_total_epochs} epochs)"
+        end_unfinished(tracker, experiment_id, parent, reason, state="pruned")
+    else:
+        end_unfinished(tracker, experiment_id, parent, f"the search's {budget} budget ran out")
+    end_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)), pruned=budget == "epoch")
     reconcile(tracker, grid)
     removed = prune_unknown_runs(tracker, experiment_id, parent, {trial_id_of(r) for r in grid})
     if removed:
