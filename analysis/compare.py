@@ -1,9 +1,10 @@
 """`vaesearch compare`: best-so-far validation loss against trial-epochs for several searches on one plot.
 
-The seed's own sequence (its 13 hand runs, in its tables' order, each run to the end) can be drawn
-beside them from a reproduction of its tables: what the same person would have reached, epoch for
-epoch, by running the seed's protocol. Each search is named on the tracking server or given as the
-trials.csv its report wrote, so a comparison outlives the server that ran it.
+The seed's own sequence (its 12 distinct hand runs in its tables' order, each to the end: the base model
+appears in Tables 1 and 2 with the same figures, one run) can be drawn beside them from a reproduction of
+its tables: what the same person would have reached, epoch for epoch, by running the seed's protocol.
+Each search is named on the tracking server or given as the trials.csv its report wrote, so a comparison
+outlives the server that ran it.
 """
 
 from __future__ import annotations
@@ -32,16 +33,20 @@ def seed_order() -> list[tuple[str, tuple[int, int, int]]]:
 def seed_sequence(tables12: Search, tables3: Search) -> tuple[Curve, list[str]]:
     """The best-so-far curve of the seed's runs one after another, from the reproduction's trials.
 
-    Rows with no trial in the reproduction are left out and named.
+    Rows with no trial in the reproduction are left out and named. A config the seed lists twice
+    (the base model, Table 1's H=128 and Table 2's decoder 1, with the same figures) is one run, counted once.
     """
     curve: Curve = []
-    best, spent, missing = math.inf, 0, []
+    best, spent, missing, chained = math.inf, 0, [], set[tuple[int, int, int]]()
     for table, key in seed_order():
+        if key in chained:
+            continue
         search = tables3 if table == "Table 3" else tables12
         trial = _trial(search, key)
         if trial is None:
             missing.append(f"{table} H={key[0]} decoder={key[1]} Z={key[2]}")
             continue
+        chained.add(key)
         for row in trial.history:
             value = row.get("val_loss", math.nan)
             best = min(best, value) if math.isfinite(value) else best

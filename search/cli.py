@@ -177,7 +177,7 @@ def _compare_command(sub: Any) -> None:
         nargs=2,
         metavar=("TABLES12", "TABLES3"),
         default=None,
-        help="also the seed's 13 runs in its order, from the searches (names or trials.csv files) that "
+        help="also the seed's 12 distinct runs in its order, from the searches (names or trials.csv files) that "
         "reproduced its Tables 1-2 and 3",
     )
     cp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
