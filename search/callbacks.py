@@ -208,9 +208,15 @@ def end_of(trial: Any, stopper: SearchStopper) -> tuple[str, str]:
         return last[END_STATE], last.get(END_REASON, "")
     if stopper.reason:
         return "killed", f"search stopped: {stopper.reason}"
-    if stopper.spent:  # stopped early, as ASHA stops a trial: pruned, in MLflow as in Optuna
-        return "pruned", f"{BUDGET_SPENT} ({stopper.max_total_epochs} epochs) after epoch {last.get('epoch')}"
+    if stopper.spent:
+        return budget_cut(stopper.max_total_epochs, last.get("epoch"))
     return "pruned", f"stopped by ASHA after epoch {last.get('epoch')}"
+
+
+def budget_cut(max_total_epochs: int | None, epoch: Any = None) -> tuple[str, str]:
+    """(end_state, end_reason) of a trial the epoch budget stopped: pruned, as ASHA's cuts, in MLflow as in Optuna."""
+    after = f" after epoch {epoch}" if epoch is not None else ""
+    return "pruned", f"{BUDGET_SPENT} ({max_total_epochs} epochs){after}"
 
 
 def _error_line(trial: Any) -> str:

@@ -282,13 +282,13 @@ def _after(
     # A budget (time, epochs) stops trials the callbacks may not hear of, and leaves Optuna's last ones RUNNING.
     # The epoch budget cuts them as ASHA would, with what they measured intact: pruned, as end_of names them.
     if budget == "epoch":
-        from search.callbacks import BUDGET_SPENT
+        from search.callbacks import budget_cut
 
-        reason = f"{BUDGET_SPENT} ({cfg.budget.max_total_epochs} epochs)"
-        end_unfinished(tracker, experiment_id, parent, reason, state="pruned")
+        state, reason = budget_cut(cfg.budget.max_total_epochs)
     else:
-        end_unfinished(tracker, experiment_id, parent, f"the search's {budget} budget ran out")
-    end_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)), pruned=budget == "epoch")
+        state, reason = "killed", f"the search's {budget} budget ran out"
+    end_unfinished(tracker, experiment_id, parent, reason, state=state)
+    end_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)), pruned=state == "pruned")
     reconcile(tracker, grid)
     removed = prune_unknown_runs(tracker, experiment_id, parent, {trial_id_of(r) for r in grid})
     if removed:
