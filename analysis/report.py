@@ -121,20 +121,40 @@ def asha_savings(search: Search) -> tuple[int, int, int]:
     return trained, replayed, max_epochs * len(search.trials)
 
 
-def _best_samples(client: MlflowClient, best: Trial, out: Path) -> list[str]:
-    """Prior samples (and the manifold for Z=2) drawn from the best run's best checkpoint, not its last epoch."""
+def _grids(client: MlflowClient, trial: Trial, out: Path, prefix: str) -> list[str]:
+    """Prior samples (and the manifold for Z=2) drawn from a run's best checkpoint, not its last epoch."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = client.download_artifacts(best.run_id, "checkpoint/best.pt", tmp)
+            local = client.download_artifacts(trial.run_id, "checkpoint/best.pt", tmp)
         except (MlflowException, OSError):
             return []
         model, config, _ = load_model(local)
         paths = sample_grids(model.decoder, config.latent, tmp, seed=config.seed)
         written = []
         for path in paths:
-            shutil.copy(path, out / f"best_{path.name}")
-            written.append(f"best_{path.name}")
+            shutil.copy(path, out / f"{prefix}{path.name}")
+            written.append(f"{prefix}{path.name}")
     return written
+
+
+def samples_by_latent(client: MlflowClient, trials: list[Trial], out: Path) -> list[str]:
+    """The seed's Figures 5-7 where a search varied Z: each latent size's best model, sampled alike."""
+    groups = best_by(trials, "latent")
+    if len(groups) < 2:  # one latent size: the best run's grids above are the whole story
+        return []
+    lines = [
+        "## Samples by latent size",
+        "",
+        "The seed's Figures 5-7: 100 draws from the prior N(0, I) (the same draws for every model of a size), "
+        "decoded by each latent size's best trial at its best epoch, and for Z=2 the walk over [-1, 1]^2.",
+        "",
+    ]
+    for latent, t in groups.items():
+        names = _grids(client, t, out, f"z{latent}_")
+        lines += [f"Z={latent}: trial {t.name}, {t.best_val_loss:.2f} nats/img at epoch {t.best_epoch}", ""]
+        lines += [f"![Z={latent} {n.removeprefix(f'z{latent}_')[:-4]}]({n})" for n in names] or ["(no checkpoint)"]
+        lines += [""]
+    return lines
 
 
 def subset_note(config: dict) -> str | None:
@@ -236,7 +256,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
             f"Seed: {seed_figures(best.key, best.best_val_loss, comparable)}.",
             "",
         ]
-        lines += [f"![{name}]({name})" for name in _best_samples(client, best, out)] + [""]
+        lines += [f"![{name}]({name})" for name in _grids(client, best, out, "best_")] + [""]
     lines += ["## Tables in the seed's shape", ""]
     for param, title in GROUPS:
         lines += table(search.trials, param, title, comparable)
@@ -245,6 +265,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
         name = f"curves_{param}.png"
         curves(search.trials, param, title, out / name)
         lines += [f"![{title}]({name})", ""]
+    lines += samples_by_latent(client, search.trials, out)
     lines += review_section(client, search, out)
     trained, replayed, fifo = asha_savings(search)
     if fifo and search.config.get("scheduler", "asha") == "asha":  # a FIFO search has no ASHA to credit

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+import torch
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -20,6 +21,10 @@ from analysis.report import write_report, write_trials_csv
 from analysis.runs import load_search
 from mlflow_server import server
 from tests.helpers import REPO, assert_one_line_error, ctrl_c_able, promote, run_cli, search, write_config
+from vae import checkpoint
+from vae.config import TrainConfig
+from vae.figures import decode_images, manifold_latents, prior_latents, tile
+from vae.model import VAE
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +92,46 @@ def test_report_tables_match_known_metric_values(mlflow_url: str, tmp_path: Path
     assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
+def test_report_samples_each_latent_size_from_its_best_checkpoint(mlflow_url: str, tmp_path: Path) -> None:
+    """The seed's Figures 5-7: one prior grid per latent size from that size's best trial, the Z=2 manifold."""
+    client = MlflowClient(mlflow_url)
+    ids = _fake_search(
+        client,
+        "by-latent",
+        [
+            {"name": "z2", "hidden": 8, "decoder": 1, "latent": 2, "end": "completed", "curve": [(150.0, 160.0, 3.0)]},
+            {"name": "z5", "hidden": 8, "decoder": 1, "latent": 5, "end": "completed", "curve": [(120.0, 130.0, 9.0)]},
+            {"name": "z5-worse", "hidden": 8, "decoder": 1, "latent": 5, "end": "pruned",
+             "curve": [(125.0, 130.0, 9.0)]},
+        ],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    models = {}
+    for name, latent in (("z2", 2), ("z5", 5), ("z5-worse", 5)):
+        models[name] = VAE(1, 8, latent).eval()
+        state = {
+            "config": TrainConfig(decoder=1, hidden=8, latent=latent).to_dict(),
+            "model": models[name].state_dict(),
+        }
+        path = checkpoint.save(state, tmp_path / name / "best.pt")
+        client.log_artifact(ids[name], str(path), "checkpoint")
+    out = tmp_path / "report"
+    report = write_report(client, "by-latent", out).read_text()
+    assert "## Samples by latent size" in report
+    assert "Z=2: trial z2, 150.00 nats/img at epoch 1" in report and "Z=5: trial z5, 120.00" in report
+    assert "![Z=2 manifold](z2_manifold.png)" in report and "![Z=5 samples](z5_samples.png)" in report
+    assert not (out / "z5_manifold.png").exists()
+    for png, name, z in (("z2_samples.png", "z2", prior_latents(2)), ("z2_manifold.png", "z2", manifold_latents()),
+                         ("z5_samples.png", "z5", prior_latents(5))):  # fmt: skip
+        drawn = matplotlib.image.imread(out / png)[..., 0]
+        expected = tile(decode_images(models[name].decoder, z)).numpy()
+        assert drawn.shape == expected.shape and abs(drawn - expected).max() < 3 / 255, (
+            png
+        )  # 8-bit PNG through a 256-step colormap
+    worse = tile(decode_images(models["z5-worse"].decoder, prior_latents(5))).numpy()
+    assert abs(matplotlib.image.imread(out / "z5_samples.png")[..., 0] - worse).max() > 0.05  # not the worse trial
+
+
 def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: Path) -> None:
     proc = run_cli("report", "--experiment", "e2e", "--tracking-uri", mlflow_url, "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -94,6 +139,7 @@ def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: 
     assert finished["summary"]["best_run_id"] in text
     assert (tmp_path / "best_samples.png").exists() and (tmp_path / "best_manifold.png").exists()
     # the tiny search trained and validated on subsets: said, and no seed figure set beside its losses
+    assert "## Samples by latent size" not in text  # one latent size: the best run's grids say it all
     assert "**Subset run:** trained on the first 1,024 of the 50,000 training images and validated on" in text
     assert "Table 1:" not in text and "Table 2:" not in text and "Table 3:" not in text
     # what mattered: importance by two evaluators, parallel coordinates, best so far, ASHA's rungs
