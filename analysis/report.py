@@ -39,6 +39,7 @@ SEED_REPORT: dict[tuple[int, int, int], list[tuple[str, float]]] = {
 }
 
 GROUPS = (("hidden", "hidden size H"), ("decoder", "decoder id"), ("latent", "latent size Z"))
+MODEL_PARAMS = tuple(param for param, _ in GROUPS)
 
 
 def verdict(ours_per_image: float, seed_per64: float) -> str:
@@ -62,12 +63,30 @@ def seed_figures(key: tuple[int, int, int], ours: float | None = None, comparabl
     )
 
 
+def controlled(trials: list[Trial], param: str) -> tuple[list[Trial], dict[str, int]]:
+    """The trials to compare a parameter's values over, and what they hold fixed.
+
+    Where one slice of the model's other parameters (lr aside) has a trial at every value, that slice, as in
+    the seed's tables (Table 1 varies H at decoder 1, Z=2); else every rankable trial, each value's best
+    being whatever config won there.
+    """
+    rankable = [t for t in trials if t.rankable]
+    others = [k for k in MODEL_PARAMS if k != param]
+    values = {int(t.params[param]) for t in rankable}
+    slices: dict[tuple[int, ...], list[Trial]] = {}
+    for t in rankable:
+        slices.setdefault(tuple(int(t.params[k]) for k in others), []).append(t)
+    full = [(rest, ts) for rest, ts in slices.items() if {int(t.params[param]) for t in ts} == values]
+    if len(values) < 2 or not full:
+        return rankable, {}
+    rest, pool = min(full, key=lambda item: min(t.best_val_loss for t in item[1]))
+    return pool, dict(zip(others, rest, strict=True))
+
+
 def best_by(trials: list[Trial], param: str) -> dict[int, Trial]:
-    """The best rankable trial for each value of one parameter."""
+    """The best trial for each value of one parameter, within `controlled`'s slice."""
     out: dict[int, Trial] = {}
-    for t in trials:
-        if not t.rankable:
-            continue
+    for t in controlled(trials, param)[0]:
         value = int(t.params[param])
         if value not in out or t.best_val_loss < out[value].best_val_loss:
             out[value] = t
@@ -86,8 +105,10 @@ def _row(value: int, t: Trial, comparable: bool) -> str:
 
 
 def table(trials: list[Trial], param: str, title: str, comparable: bool = True) -> list[str]:
+    fixed = controlled(trials, param)[1]
+    held = f" ({', '.join(f'{k}={v}' for k, v in fixed.items())} held fixed)" if fixed else ""
     lines = [
-        f"### By {title}",
+        f"### By {title}{held}",
         "",
         f"| {param} | config of the best trial | best epoch / epochs | val loss (nats/img) | val loss per 64 "
         "| train loss per 64 (best epoch) | end | seed (val, per 64) |",
@@ -98,7 +119,9 @@ def table(trials: list[Trial], param: str, title: str, comparable: bool = True) 
 
 
 def curves(trials: list[Trial], param: str, title: str, path: Path) -> Path:
-    """Validation loss and KL per epoch for each group's best trial."""
+    """Validation loss and KL per epoch for each group's best trial (the seed's Figures 2-4)."""
+    fixed = controlled(trials, param)[1]
+    title += f" ({', '.join(f'{k}={v}' for k, v in fixed.items())})" if fixed else ""
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_kl = fig.subplots(1, 2)
     for value, t in best_by(trials, param).items():

@@ -1,0 +1,40 @@
+"""Which trials the report's per-parameter tables and curves compare."""
+
+from __future__ import annotations
+
+from analysis.report import best_by, controlled, table
+from analysis.runs import Trial
+
+
+def _trial(name: str, hidden: int, decoder: int, latent: int, loss: float, **tags: str) -> Trial:
+    params = {"hidden": hidden, "decoder": decoder, "latent": latent}
+    history = [{"epoch": 1, "val_loss": loss, "train_loss": loss}]
+    return Trial(name, name, params, {"end_state": "completed", **tags}, loss, history)
+
+
+# Tables 1 and 2 of the seed in one search: decoder 1 at three H, then decoder 3 at H=128
+TABLES_12 = [
+    _trial("h64", 64, 1, 2, 144.0),
+    _trial("h128", 128, 1, 2, 145.0),
+    _trial("h256", 256, 1, 2, 147.0),
+    _trial("d3", 128, 3, 2, 140.0),
+    _trial("d3-failed", 64, 3, 2, 100.0, end_state="failed"),
+]
+
+
+def test_a_slice_with_every_value_is_compared_as_the_seed_does() -> None:
+    # by H: decoder 1, Z=2 has all three sizes, so H=128's row is decoder 1's run, not the better decoder 3
+    assert {h: t.name for h, t in best_by(TABLES_12, "hidden").items()} == {64: "h64", 128: "h128", 256: "h256"}
+    assert controlled(TABLES_12, "hidden")[1] == {"decoder": 1, "latent": 2}
+    # by decoder: H=128 has both; H=64's decoder 1 (144, lower than H=128's 145) is not that comparison
+    assert {d: t.name for d, t in best_by(TABLES_12, "decoder").items()} == {1: "h128", 3: "d3"}
+    assert table(TABLES_12, "decoder", "decoder id")[0] == "### By decoder id (hidden=128, latent=2 held fixed)"
+
+
+def test_without_such_a_slice_each_value_is_its_best_anywhere() -> None:
+    trials = [_trial("a", 64, 1, 2, 150.0), _trial("b", 128, 6, 2, 120.0), _trial("c", 128, 1, 5, 110.0)]
+    assert {h: t.name for h, t in best_by(trials, "hidden").items()} == {64: "a", 128: "c"}
+    assert controlled(trials, "hidden")[1] == {}
+    assert table(trials, "hidden", "hidden size H")[0] == "### By hidden size H"
+    # one value only: nothing to hold fixed
+    assert controlled(trials[:1], "latent") == ([trials[0]], {})
