@@ -33,20 +33,22 @@ def seed_order() -> list[tuple[str, tuple[int, int, int]]]:
 def seed_sequence(tables12: Search, tables3: Search) -> tuple[Curve, list[str]]:
     """The best-so-far curve of the seed's runs one after another, from the reproduction's trials.
 
-    Rows with no trial in the reproduction are left out and named. A config the seed lists twice
-    (the base model, Table 1's H=128 and Table 2's decoder 1, with the same figures) is one run, counted once.
+    Rows with no trial in the reproduction are left out and named. A row whose trial is already in the
+    sequence is that run again, counted once: the base model, Table 1's H=128 and Table 2's decoder 1 (same
+    figures), both from the Tables 1-2 search. Table 3's Z=2 is a run of its own (100 epochs, other figures)
+    though its config is Table 2's decoder 6: it comes from the Table 3 search, a trial of its own.
     """
     curve: Curve = []
-    best, spent, missing, chained = math.inf, 0, [], set[tuple[int, int, int]]()
+    best, spent, missing, chained = math.inf, 0, [], set[str]()
     for table, key in seed_order():
-        if key in chained:
-            continue
         search = tables3 if table == "Table 3" else tables12
         trial = _trial(search, key)
         if trial is None:
             missing.append(f"{table} H={key[0]} decoder={key[1]} Z={key[2]}")
             continue
-        chained.add(key)
+        if trial.run_id in chained:
+            continue
+        chained.add(trial.run_id)
         for row in trial.history:
             value = row.get("val_loss", math.nan)
             best = min(best, value) if math.isfinite(value) else best

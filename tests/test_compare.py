@@ -28,12 +28,15 @@ def test_the_seed_order_is_its_thirteen_runs_table_by_table() -> None:
 def test_seed_sequence_chains_runs_in_order_and_names_the_missing() -> None:
     tables12 = Search("1", "t12", None, [_trial(64, 1, 2, [5.0, 4.0]), _trial(128, 1, 2, [6.0, 3.0, 3.5]),
                                          _trial(64, 1, 2, [5.0, 4.0], duplicate_of="r64-1-2")])  # fmt: skip
-    tables3 = Search("2", "t3", None, [_trial(128, 6, 20, [2.0])])
+    tables12.trials.append(_trial(128, 6, 2, [3.2, 2.9], run="t12-d6"))
+    tables3 = Search("2", "t3", None, [_trial(128, 6, 20, [2.0]), _trial(128, 6, 2, [3.1, 3.0, 2.5], run="t3-z2")])
     curve, missing = seed_sequence(tables12, tables3)
     # Table 1: H=64 (2 epochs), H=128 (3); Table 2's decoder 1 is that same run (the seed reports the same
-    # figures), not trained again; Table 3: Z=20 (1)
-    assert curve == [(1, 5.0), (2, 4.0), (3, 4.0), (4, 3.0), (5, 3.0), (6, 2.0)]
-    assert len(missing) == 13 - 4 and "Table 1 H=256 decoder=1 Z=2" in missing
+    # figures), not trained again; Table 2's decoder 6 (2); Table 3: Z=2, the same config as decoder 6 but a
+    # run of its own in the Table 3 search (3), and Z=20 (1)
+    assert curve == [(1, 5.0), (2, 4.0), (3, 4.0), (4, 3.0), (5, 3.0), (6, 3.0), (7, 2.9), (8, 2.9), (9, 2.9),
+                     (10, 2.5), (11, 2.0)]  # fmt: skip
+    assert len(missing) == 13 - 6 and "Table 1 H=256 decoder=1 Z=2" in missing
     assert all(math.isfinite(y) for _, y in curve)
 
 
