@@ -104,11 +104,15 @@ def _row(value: int, t: Trial, comparable: bool) -> str:
     )
 
 
+def _held(trials: list[Trial], param: str) -> str:
+    """What `controlled` holds fixed for a parameter, as `decoder=1, latent=2` ('' for nothing)."""
+    return ", ".join(f"{k}={v}" for k, v in controlled(trials, param)[1].items())
+
+
 def table(trials: list[Trial], param: str, title: str, comparable: bool = True) -> list[str]:
-    fixed = controlled(trials, param)[1]
-    held = f" ({', '.join(f'{k}={v}' for k, v in fixed.items())} held fixed)" if fixed else ""
+    held = _held(trials, param)
     lines = [
-        f"### By {title}{held}",
+        f"### By {title}" + (f" ({held} held fixed)" if held else ""),
         "",
         f"| {param} | config of the best trial | best epoch / epochs | val loss (nats/img) | val loss per 64 "
         "| train loss per 64 (best epoch) | end | seed (val, per 64) |",
@@ -120,8 +124,8 @@ def table(trials: list[Trial], param: str, title: str, comparable: bool = True) 
 
 def curves(trials: list[Trial], param: str, title: str, path: Path) -> Path:
     """Validation loss and KL per epoch for each group's best trial (the seed's Figures 2-4)."""
-    fixed = controlled(trials, param)[1]
-    title += f" ({', '.join(f'{k}={v}' for k, v in fixed.items())})" if fixed else ""
+    held = _held(trials, param)
+    title += f" ({held})" if held else ""
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_kl = fig.subplots(1, 2)
     for value, t in best_by(trials, param).items():
