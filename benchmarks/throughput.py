@@ -1,14 +1,17 @@
 """Training throughput: this trainer against a tutorial-style DataLoader loop.
 
-Both train the base config (decoder 1, H=128, Z=2, batch 64, Adam 1e-3) over the
-same first N training images, in one process, with the same threads. The
+Both train one config (the base one by default: decoder 1, H=128, Z=2; batch 64,
+Adam 1e-3) over the same first N training images, in one process, with the same threads. The
 reference is what tutorials write: torchvision's MNIST dataset, ToTensor,
 a shuffling DataLoader of batch 64, the images moved to the device per batch.
 
 It also trains in bf16 autocast (`--precision bf16`) and checks that after a
-few full epochs the fp32 validation loss of both stays within 0.5%.
+few full epochs the fp32 validation loss of both stays within 0.5%. Whether
+bf16 pays differs by decoder and CPU (decoder 6 ran slower in bf16 on an AVX-512
+EPYC without AMX), so `--decoder` measures any of them.
 
-    python benchmarks/throughput.py [--images 20000] [--device auto] [--smoke]
+    python benchmarks/throughput.py [--images 20000] [--decoder 1 --hidden 128 --latent 2]
+                                    [--device auto] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,31 +31,35 @@ from vae.model import VAE
 from vae.precision import bf16_support
 from vae.train import Trainer, resolve_device, set_seed
 
+BASE = {"decoder": 1, "hidden": 128, "latent": 2}
 
-def ours(n: int, device: torch.device, splits: dict, precision: str = "fp32") -> tuple[float, float]:
+
+def ours(
+    n: int, device: torch.device, splits: dict, precision: str = "fp32", model: dict = BASE
+) -> tuple[float, float]:
     """Images/s and mean loss of one pass of vae.train.Trainer over n images."""
-    trainer = Trainer(TrainConfig(decoder=1, hidden=128, latent=2, subset=n, precision=precision), splits, device)
+    trainer = Trainer(TrainConfig(**model, subset=n, precision=precision), splits, device)
     trainer.train_epoch()  # warm-up: allocator, kernels, caches
     loss, _, seconds = trainer.train_epoch()
     return n / seconds, loss
 
 
-def reference(n: int, device: torch.device, data_dir) -> tuple[float, float]:
+def reference(n: int, device: torch.device, data_dir, model: dict = BASE) -> tuple[float, float]:
     """Images/s and mean loss of the tutorial loop over the same n images."""
     set_seed(0)
     dataset = Subset(
         datasets.MNIST(str(data_dir), train=True, download=False, transform=transforms.ToTensor()), range(n)
     )
     loader = DataLoader(dataset, batch_size=64, shuffle=True)
-    model = VAE(1, 128, 2).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    vae = VAE(model["decoder"], model["hidden"], model["latent"]).to(device)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
 
     def one_pass() -> tuple[float, float]:
         total = 0.0
         start = time.perf_counter()
         for x, _ in loader:
             x = x.to(device)
-            logits, mu, logvar = model(x)
+            logits, mu, logvar = vae(x)
             loss, _, _ = neg_elbo(logits, x, mu, logvar)
             optimizer.zero_grad()
             (loss / x.shape[0]).backward()
@@ -66,11 +73,11 @@ def reference(n: int, device: torch.device, data_dir) -> tuple[float, float]:
     return one_pass()
 
 
-def agreement(epochs: int, n: int, device: torch.device, splits: dict) -> dict[str, float]:
+def agreement(epochs: int, n: int, device: torch.device, splits: dict, model: dict = BASE) -> dict[str, float]:
     """Validation loss (fp32, all 10,000 images) after the same epochs trained in fp32 and in bf16."""
     out = {}
     for precision in ("fp32", "bf16"):
-        config = TrainConfig(decoder=1, hidden=128, latent=2, subset=n, precision=precision, epochs=epochs)
+        config = TrainConfig(**model, subset=n, precision=precision, epochs=epochs)
         trainer = Trainer(config, splits, device)
         for _ in range(epochs):
             result = trainer.step()
@@ -82,6 +89,9 @@ def agreement(epochs: int, n: int, device: torch.device, splits: dict) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--decoder", type=int, default=BASE["decoder"])
+    parser.add_argument("--hidden", type=int, default=BASE["hidden"])
+    parser.add_argument("--latent", type=int, default=BASE["latent"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--agreement-epochs", type=int, default=3, help="epochs of the fp32/bf16 loss check")
@@ -94,14 +104,16 @@ def main() -> None:
     data.prepare(data_dir, log=lambda m: None)
     splits = data.load(data_dir, device)
 
-    ref_rate, ref_loss = reference(n, device, data_dir)
-    our_rate, our_loss = ours(n, device, splits)
+    model = {"decoder": args.decoder, "hidden": args.hidden, "latent": args.latent}
+    ref_rate, ref_loss = reference(n, device, data_dir, model)
+    our_rate, our_loss = ours(n, device, splits, model=model)
     bf16_native, why = bf16_support(device.type)
     result = {
         "device": str(device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "images": n,
+        **model,
         "bf16": why,
         "reference_images_per_s": round(ref_rate, 1),
         "ours_images_per_s": round(our_rate, 1),
@@ -112,8 +124,8 @@ def main() -> None:
     }
     line = f"reference {ref_rate:,.0f} img/s   ours fp32 {our_rate:,.0f} img/s ({our_rate / ref_rate:.2f}x)   "
     if bf16_native:  # where bf16 cannot run (AVX2-only CPUs), `auto` trains in fp32 and there is nothing to compare
-        bf16_rate, _ = ours(n, device, splits, "bf16")
-        agree = agreement(agree_epochs, agree_images, device, splits)
+        bf16_rate, _ = ours(n, device, splits, "bf16", model)
+        agree = agreement(agree_epochs, agree_images, device, splits, model)
         result.update(
             ours_bf16_images_per_s=round(bf16_rate, 1),
             ratio_bf16=round(bf16_rate / ref_rate, 3),

@@ -4,17 +4,21 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 
-def test_throughput_benchmark_smoke(mnist_dir) -> None:
+@pytest.mark.parametrize("model", [[], ["--decoder", "6", "--latent", "5"]], ids=["base", "decoder6"])
+def test_throughput_benchmark_smoke(mnist_dir, model: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", "--smoke", "--data-dir", str(mnist_dir)],
+        [sys.executable, "benchmarks/throughput.py", "--smoke", "--data-dir", str(mnist_dir), *model],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["images"] == 512 and result["ours_images_per_s"] > 0 and result["reference_images_per_s"] > 0
+    assert (result["decoder"], result["latent"]) == ((6, 5) if model else (1, 2))
 
 
 def test_search_efficiency_benchmark_smoke(mnist_dir) -> None:
