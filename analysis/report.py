@@ -42,25 +42,43 @@ GROUPS = (("hidden", "hidden size H"), ("decoder", "decoder id"), ("latent", "la
 MODEL_PARAMS = tuple(param for param, _ in GROUPS)
 
 
-def verdict(ours_per_image: float, seed_per64: float) -> str:
-    """Our loss against the seed's, in percent of the seed's: within 2%, better (lower) or worse."""
+def verdict(ours_per_image: float, seed_per64: float, so_far: bool = False) -> str:
+    """Our loss against the seed's, in percent of the seed's: within 2%, better (lower) or worse.
+
+    `so_far` for a trial still running: its loss can only go down, so a verdict is not final.
+    """
     diff = (ours_per_image * PER_BATCH - seed_per64) / seed_per64
     word = "within 2%" if abs(diff) <= 0.02 else ("better" if diff < 0 else "worse")
-    return f"ours {100 * diff:+.1f}%, {word}"
+    return f"ours {100 * diff:+.1f}%, {word}" + (" so far" if so_far else "")
 
 
-def seed_figures(key: tuple[int, int, int], ours: float | None = None, comparable: bool = True) -> str:
+def seed_figures(
+    key: tuple[int, int, int], ours: float | None = None, comparable: bool = True, so_far: bool = False
+) -> str:
     """The seed's figures for a config, with our difference; none where ours was measured on subsets."""
     if not comparable:
         return "- (subset run)"
     entries = SEED_REPORT.get(key, [])
     return (
         "; ".join(
-            f"{label}: {value:.2f} ({value / PER_BATCH:.2f}/img)" + (f", {verdict(ours, value)}" if ours else "")
+            f"{label}: {value:.2f} ({value / PER_BATCH:.2f}/img)"
+            + (f", {verdict(ours, value, so_far)}" if ours else "")
             for label, value in entries
         )
         or "-"
     )
+
+
+def varied(trials: list[Trial], param: str) -> bool:
+    """Whether the ranked trials hold two or more values of a parameter: else a table by it has one row."""
+    return len({int(t.params[param]) for t in trials if t.rankable}) >= 2
+
+
+def constants(trials: list[Trial]) -> str:
+    """The model parameters every ranked trial shared, as `hidden=128, decoder=6` ('' for none)."""
+    ranked = [t for t in trials if t.rankable]
+    same = [k for k in MODEL_PARAMS if ranked and not varied(trials, k)]
+    return ", ".join(f"{k}={int(ranked[0].params[k])}" for k in same)
 
 
 def controlled(trials: list[Trial], param: str) -> tuple[list[Trial], dict[str, int]]:
@@ -100,7 +118,7 @@ def _row(value: int, t: Trial, comparable: bool) -> str:
     return (
         f"| {value} | {config} | {t.best_epoch} / {t.epochs} | {t.best_val_loss:.2f} | "
         f"{t.best_val_loss * PER_BATCH:.2f} | {train * PER_BATCH:.2f} | {t.end_state} | "
-        f"{seed_figures(t.key, t.best_val_loss, comparable)} |"
+        f"{seed_figures(t.key, t.best_val_loss, comparable, t.end_state == 'running')} |"
     )
 
 
@@ -280,15 +298,18 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
             "",
             f"Run `{best.run_id}` ({best.name}): {config}; val loss {best.best_val_loss:.2f} nats/img "
             f"({best.best_val_loss * PER_BATCH:.2f} per {PER_BATCH}) at epoch {best.best_epoch} of {best.epochs}. "
-            f"Seed: {seed_figures(best.key, best.best_val_loss, comparable)}.",
+            f"Seed: {seed_figures(best.key, best.best_val_loss, comparable, best.end_state == 'running')}.",
             "",
         ]
         lines += [f"![{name}]({name})" for name in _grids(client, best, out, "best_")] + [""]
+    groups = [(param, title) for param, title in GROUPS if varied(search.trials, param)]
     lines += ["## Tables in the seed's shape", ""]
-    for param, title in GROUPS:
+    if constants(search.trials):
+        lines += [f"Every ranked trial had {constants(search.trials)}: no table or curves by those.", ""]
+    for param, title in groups:
         lines += table(search.trials, param, title, comparable)
-    lines += ["## Curves", ""]
-    for param, title in GROUPS:
+    lines += ["## Curves", ""] if groups else []
+    for param, title in groups:
         name = f"curves_{param}.png"
         curves(search.trials, param, title, out / name)
         lines += [f"![{title}]({name})", ""]

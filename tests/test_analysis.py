@@ -121,6 +121,10 @@ def test_report_samples_each_latent_size_from_its_best_checkpoint(mlflow_url: st
     assert "Z=2: trial z2, 150.00 nats/img at epoch 1" in report and "Z=5: trial z5, 120.00" in report
     assert "![Z=2 manifold](z2_manifold.png)" in report and "![Z=5 samples](z5_samples.png)" in report
     assert not (out / "z5_manifold.png").exists()
+    # one decoder and one H throughout: said once, no one-row tables or curves by them
+    assert "Every ranked trial had hidden=8, decoder=1: no table or curves by those." in report
+    assert "### By hidden size H" not in report and not (out / "curves_decoder.png").exists()
+    assert "### By latent size Z (hidden=8, decoder=1 held fixed)" in report and (out / "curves_latent.png").exists()
     for png, name, z in (("z2_samples.png", "z2", prior_latents(2)), ("z2_manifold.png", "z2", manifold_latents()),
                          ("z5_samples.png", "z5", prior_latents(5))):  # fmt: skip
         drawn = matplotlib.image.imread(out / png)[..., 0]

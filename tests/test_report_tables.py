@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from analysis.report import best_by, controlled, table
+from analysis.report import best_by, constants, controlled, table, varied
 from analysis.runs import Trial
 
 
@@ -38,3 +38,18 @@ def test_without_such_a_slice_each_value_is_its_best_anywhere() -> None:
     assert table(trials, "hidden", "hidden size H")[0] == "### By hidden size H"
     # one value only: nothing to hold fixed
     assert controlled(trials[:1], "latent") == ([trials[0]], {})
+
+
+def test_a_parameter_every_trial_shared_gets_no_table() -> None:
+    # Tables 1-2 hold Z=2 throughout; the failed trial's H=64, decoder 3 counts for nothing
+    assert [p for p in ("hidden", "decoder", "latent") if varied(TABLES_12, p)] == ["hidden", "decoder"]
+    assert constants(TABLES_12) == "latent=2"
+    table_3 = [_trial(f"z{z}", 128, 6, z, 100.0 + z) for z in (2, 5, 10, 20)]
+    assert constants(table_3) == "hidden=128, decoder=6" and varied(table_3, "latent")
+
+
+def test_a_running_trial_is_judged_so_far_not_for_good() -> None:
+    trials = [_trial("z5", 128, 6, 5, 110.0, end_state="running"), _trial("z10", 128, 6, 10, 94.0)]
+    rows = dict(zip((5, 10), table(trials, "latent", "latent size Z")[4:6], strict=True))
+    assert "| running | Table 3: 6954.74 (108.67/img), ours +1.2%, within 2% so far |" in rows[5]
+    assert rows[10].endswith("| completed | Table 3: 6035.80 (94.31/img), ours -0.3%, within 2% |")
