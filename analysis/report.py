@@ -20,7 +20,7 @@ from analysis.runs import LOGGED_AT, Search, Trial, load_search
 from vae.checkpoint import load_model
 from vae.figures import sample_grids
 from vae.loss import PER_BATCH
-from vae.records import DUPLICATE_OF, END_STATE, METRICS
+from vae.records import DUPLICATE_OF, END_STATE, ENDED, METRICS
 
 # The seed report's minimum validation losses (sums over a batch of 64), by (hidden, decoder, latent):
 # Table 1 (decoder 1, Z=2, by H), Table 2 (H=128, Z=2, by decoder), Table 3 (H=128, decoder 6, by Z).
@@ -45,7 +45,8 @@ MODEL_PARAMS = tuple(param for param, _ in GROUPS)
 def verdict(ours_per_image: float, seed_per64: float, so_far: bool = False) -> str:
     """Our loss against the seed's, in percent of the seed's: within 2%, better (lower) or worse.
 
-    `so_far` for a trial still running: its loss can only go down, so a verdict is not final.
+    `so_far` for a trial still running or stopped before its course ended (an interrupted search's, which
+    `--resume` continues): its best loss can still go down, so the verdict is not final.
     """
     diff = (ours_per_image * PER_BATCH - seed_per64) / seed_per64
     word = "within 2%" if abs(diff) <= 0.02 else ("better" if diff < 0 else "worse")
@@ -118,7 +119,7 @@ def _row(value: int, t: Trial, comparable: bool) -> str:
     return (
         f"| {value} | {config} | {t.best_epoch} / {t.epochs} | {t.best_val_loss:.2f} | "
         f"{t.best_val_loss * PER_BATCH:.2f} | {train * PER_BATCH:.2f} | {t.end_state} | "
-        f"{seed_figures(t.key, t.best_val_loss, comparable, t.end_state == 'running')} |"
+        f"{seed_figures(t.key, t.best_val_loss, comparable, t.end_state not in ENDED)} |"
     )
 
 
@@ -298,7 +299,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
             "",
             f"Run `{best.run_id}` ({best.name}): {config}; val loss {best.best_val_loss:.2f} nats/img "
             f"({best.best_val_loss * PER_BATCH:.2f} per {PER_BATCH}) at epoch {best.best_epoch} of {best.epochs}. "
-            f"Seed: {seed_figures(best.key, best.best_val_loss, comparable, best.end_state == 'running')}.",
+            f"Seed: {seed_figures(best.key, best.best_val_loss, comparable, best.end_state not in ENDED)}.",
             "",
         ]
         lines += [f"![{name}]({name})" for name in _grids(client, best, out, "best_")] + [""]

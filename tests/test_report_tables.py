@@ -48,8 +48,15 @@ def test_a_parameter_every_trial_shared_gets_no_table() -> None:
     assert constants(table_3) == "hidden=128, decoder=6" and varied(table_3, "latent")
 
 
-def test_a_running_trial_is_judged_so_far_not_for_good() -> None:
-    trials = [_trial("z5", 128, 6, 5, 110.0, end_state="running"), _trial("z10", 128, 6, 10, 94.0)]
-    rows = dict(zip((5, 10), table(trials, "latent", "latent size Z")[4:6], strict=True))
+def test_a_trial_that_has_not_ended_is_judged_so_far_not_for_good() -> None:
+    trials = [
+        _trial("z5", 128, 6, 5, 110.0, end_state="running"),
+        _trial("z10", 128, 6, 10, 94.0),
+        _trial("z20", 128, 6, 20, 95.6, end_state="killed"),  # an interrupted search's, for --resume
+        _trial("z2", 128, 6, 2, 150.0, end_state="early_stopped"),
+    ]
+    rows = dict(zip((2, 5, 10, 20), table(trials, "latent", "latent size Z")[4:8], strict=True))
     assert "| running | Table 3: 6954.74 (108.67/img), ours +1.2%, within 2% so far |" in rows[5]
     assert rows[10].endswith("| completed | Table 3: 6035.80 (94.31/img), ours -0.3%, within 2% |")
+    assert rows[20].endswith("| killed | Table 3: 5939.02 (92.80/img), ours +3.0%, worse so far |")
+    assert rows[2].endswith("ours +6.8%, worse |")
