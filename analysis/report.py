@@ -305,8 +305,9 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
         lines += [f"![{name}]({name})" for name in _grids(client, best, out, "best_")] + [""]
     groups = [(param, title) for param, title in GROUPS if varied(search.trials, param)]
     lines += ["## Tables in the seed's shape", ""]
-    if constants(search.trials):
-        lines += [f"Every ranked trial had {constants(search.trials)}: no table or curves by those.", ""]
+    shared = constants(search.trials)
+    if shared:
+        lines += [f"Every ranked trial had {shared}: no table or curves by those.", ""]
     for param, title in groups:
         lines += table(search.trials, param, title, comparable)
     lines += ["## Curves", ""] if groups else []
