@@ -63,17 +63,21 @@ def _trial(search: Search, key: tuple[int, int, int]) -> Trial | None:
     return max(found, key=lambda t: t.epochs) if found else None
 
 
-def source(client: MlflowClient, name: str) -> Search:
+def source(client: MlflowClient | None, name: str) -> Search:
     """A search by its name on the server, or from a trials.csv file (a name ending in .csv)."""
     if name.endswith(".csv"):
         path = Path(name)
         if not path.is_file():
             raise AnalysisError("experiment", f"no such trials.csv: {name}")
         return search_from_csv(path)
+    if client is None:
+        raise AnalysisError("experiment", f"{name} is not a trials.csv, and no tracking server was given")
     return load_search(client, name)
 
 
-def compare(client: MlflowClient, experiments: list[str], seed: tuple[str, str] | None, out: Path) -> dict[str, Any]:
+def compare(
+    client: MlflowClient | None, experiments: list[str], seed: tuple[str, str] | None, out: Path
+) -> dict[str, Any]:
     """Draw every curve into `out` (PNG); per curve, the trial-epochs it spent and the best loss it reached."""
     searches = [source(client, name) for name in experiments]
     curves: dict[str, Curve] = {search.name: best_so_far(search) for search in searches}

@@ -408,7 +408,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not args.experiment and not args.seed_sequence:
         raise UserError("experiment", "give at least one search (or --seed-sequence)")
     seed = tuple(args.seed_sequence) if args.seed_sequence else None
-    print(json.dumps(compare(_client(args.tracking_uri), args.experiment, seed, args.out.resolve())))
+    # committed trials.csv files redraw the plot on a machine with no server; a search name needs one
+    csv_only = all(name.endswith(".csv") for name in [*args.experiment, *(seed or ())])
+    client = None if csv_only and args.tracking_uri is None else _client(args.tracking_uri)
+    print(json.dumps(compare(client, args.experiment, seed, args.out.resolve())))
     return 0
 
 

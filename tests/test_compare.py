@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from analysis.compare import seed_order, seed_sequence
 from analysis.report import write_trials_csv
 from analysis.review import best_so_far
 from analysis.runs import Search, Trial, search_from_csv
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def _trial(hidden: int, decoder: int, latent: int, losses: list[float], run: str = "", **tags: str) -> Trial:
@@ -50,3 +52,18 @@ def test_a_search_read_back_from_its_trials_csv_draws_the_same_curves(tmp_path: 
     assert seed_sequence(back, back) == seed_sequence(search, search)
     replay = next(t for t in back.trials if t.duplicate_of)
     assert replay.duplicate_of == "r64-1-2" and replay.end_state == "completed" and replay.key == (64, 1, 2)
+
+
+def test_compare_draws_from_trials_csv_files_with_no_server_running(tmp_path: Path) -> None:
+    """The committed CSVs of docs/reproduction redraw its plot on a machine that has never run a server."""
+    tables12 = Search("1", "t12", None, [_trial(64, 1, 2, [5.0, 4.0]), _trial(128, 6, 2, [3.2, 2.9])])
+    tables3 = Search("2", "t3", None, [_trial(128, 6, 20, [2.0, 1.5])])
+    a, b = write_trials_csv(tables12, tmp_path / "t12.csv"), write_trials_csv(tables3, tmp_path / "t3.csv")
+    home = {"VAESEARCH_HOME": str(tmp_path / "home")}  # no server.json: no embedded server was ever started
+    out = tmp_path / "plot.png"
+    proc = run_cli("compare", "--experiment", str(a), "--seed-sequence", str(a), str(b), "--out", str(out), env=home)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out.stat().st_size > 0 and summary["the seed's sequence"]["best_val_loss"] == 1.5
+    named = run_cli("compare", "--experiment", "some-search", "--out", str(out), env=home)
+    assert_one_line_error(named, "--tracking-uri")  # a search's name still needs a server
