@@ -63,9 +63,14 @@ def _trial(search: Search, key: tuple[int, int, int]) -> Trial | None:
     return max(found, key=lambda t: t.epochs) if found else None
 
 
+def is_trials_csv(name: str) -> bool:
+    """Whether `name` names a trials.csv file (read without a server) rather than a search."""
+    return name.endswith(".csv")
+
+
 def source(client: MlflowClient | None, name: str) -> Search:
     """A search by its name on the server, or from a trials.csv file (a name ending in .csv)."""
-    if name.endswith(".csv"):
+    if is_trials_csv(name):
         path = Path(name)
         if not path.is_file():
             raise AnalysisError("experiment", f"no such trials.csv: {name}")

@@ -401,7 +401,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from analysis.compare import compare
+    from analysis.compare import compare, is_trials_csv
 
     if args.out.suffix.lower() != ".png":
         raise UserError("out", f"must name a .png file, got {args.out}")
@@ -409,7 +409,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("experiment", "give at least one search (or --seed-sequence)")
     seed = tuple(args.seed_sequence) if args.seed_sequence else None
     # committed trials.csv files redraw the plot on a machine with no server; a search name needs one
-    csv_only = all(name.endswith(".csv") for name in [*args.experiment, *(seed or ())])
+    csv_only = all(is_trials_csv(name) for name in [*args.experiment, *(seed or ())])
     client = None if csv_only and args.tracking_uri is None else _client(args.tracking_uri)
     print(json.dumps(compare(client, args.experiment, seed, args.out.resolve())))
     return 0
