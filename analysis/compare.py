@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import SEED_REPORT
 from analysis.review import best_so_far
-from analysis.runs import AnalysisError, Search, Trial, load_search, search_from_csv
+from analysis.runs import AnalysisError, Search, Trial, source
 from vae.loss import PER_BATCH
 
 Curve = list[tuple[int, float]]
@@ -61,23 +61,6 @@ def _trial(search: Search, key: tuple[int, int, int]) -> Trial | None:
     """The trial of this config that trained (not a replay), with the longest history."""
     found = [t for t in search.trials if t.key == key and not t.duplicate_of and t.history]
     return max(found, key=lambda t: t.epochs) if found else None
-
-
-def is_trials_csv(name: str) -> bool:
-    """Whether `name` names a trials.csv file (read without a server) rather than a search."""
-    return name.endswith(".csv")
-
-
-def source(client: MlflowClient | None, name: str) -> Search:
-    """A search by its name on the server, or from a trials.csv file (a name ending in .csv)."""
-    if is_trials_csv(name):
-        path = Path(name)
-        if not path.is_file():
-            raise AnalysisError("experiment", f"no such trials.csv: {name}")
-        return search_from_csv(path)
-    if client is None:
-        raise AnalysisError("experiment", f"{name} is not a trials.csv, and no tracking server was given")
-    return load_search(client, name)
 
 
 def compare(

@@ -1,6 +1,8 @@
 """`vaesearch report`: the seed's tables, curves and samples for one search, from MLflow alone.
 
-Writes report.md and PNGs into a folder and logs them to the search's parent run.
+Writes report.md and PNGs into a folder and logs them to the search's parent run. A search may also be read
+back from the trials.csv an earlier report wrote (no server needed; no checkpoints, so no samples), and a
+protocol run in parts (a rerun of the configs a lost machine left unfinished) reported as one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import review
-from analysis.runs import LOGGED_AT, Search, Trial, load_search
+from analysis.runs import LOGGED_AT, Search, Trial, combine, source
 from vae.checkpoint import load_model
 from vae.figures import sample_grids
 from vae.loss import PER_BATCH
@@ -167,8 +169,13 @@ def asha_savings(search: Search) -> tuple[int, int, int]:
     return trained, replayed, max_epochs * len(search.trials)
 
 
-def _grids(client: MlflowClient, trial: Trial, out: Path, prefix: str) -> list[str]:
-    """Prior samples (and the manifold for Z=2) drawn from a run's best checkpoint, not its last epoch."""
+def _grids(client: MlflowClient | None, trial: Trial, out: Path, prefix: str) -> list[str]:
+    """Prior samples (and the manifold for Z=2) drawn from a run's best checkpoint, not its last epoch.
+
+    None where the checkpoint is not on the server (a trial read back from a trials.csv, or no server).
+    """
+    if client is None:
+        return []
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(trial.run_id, "checkpoint/best.pt", tmp)
@@ -183,7 +190,7 @@ def _grids(client: MlflowClient, trial: Trial, out: Path, prefix: str) -> list[s
     return written
 
 
-def samples_by_latent(client: MlflowClient, trials: list[Trial], out: Path) -> list[str]:
+def samples_by_latent(client: MlflowClient | None, trials: list[Trial], out: Path) -> list[str]:
     """The seed's Figures 5-7 where a search varied Z: each latent size's best model, sampled alike."""
     groups = best_by(trials, "latent")
     if len(groups) < 2:  # one latent size: the best run's grids above are the whole story
@@ -229,7 +236,7 @@ def write_trials_csv(search: Search, path: Path) -> Path:
     return path
 
 
-def review_section(client: MlflowClient, search: Search, out: Path) -> list[str]:
+def review_section(search: Search, out: Path) -> list[str]:
     """What mattered: importance, parallel coordinates, best-so-far against compute, ASHA's rungs."""
     lines = ["## What mattered", ""]
     scores = review.importance(search)
@@ -262,12 +269,15 @@ def _head(search: Search, note: str | None) -> list[str]:
     states: dict[str, int] = {}
     for t in search.trials:
         states[t.end_state] = states.get(t.end_state, 0) + 1
+    origin = (
+        f"Parent run `{search.parent.info.run_id}`"
+        if search.parent is not None
+        else "Read back from trials.csv, which keeps no config (the seed's figures assume the full data sets)"
+    )
     lines = [
         f"# Search `{search.name}`",
         "",
-        f"Parent run `{search.parent.info.run_id}`; {len(search.trials)} trials: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        + ".",
+        f"{origin}; {len(search.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".",
         "",
         "Losses are the negative ELBO on the validation split, in nats per image and, as the seed reports "
         f"them, summed over a batch of {PER_BATCH}. The best run is the one with the lowest validation loss "
@@ -282,9 +292,14 @@ def _head(search: Search, note: str | None) -> list[str]:
     return lines
 
 
-def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
-    """report.md and its PNGs in `out`, also logged to the parent run under report/."""
-    search = load_search(client, experiment)
+def write_report(client: MlflowClient | None, experiments: str | list[str], out: Path) -> Path:
+    """report.md and its PNGs in `out`; for one search on the server, also logged to its parent run under report/.
+
+    `experiments`: a search's name or a trials.csv, or several, read as one (`runs.combine`: a later one's
+    trial of a config replaces an earlier one's).
+    """
+    names = [experiments] if isinstance(experiments, str) else experiments
+    search = combine([source(client, name) for name in names])
     out.mkdir(parents=True, exist_ok=True)
     best = search.best()
     note = subset_note(search.config)
@@ -316,7 +331,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
         curves(search.trials, param, title, out / name)
         lines += [f"![{title}]({name})", ""]
     lines += samples_by_latent(client, search.trials, out)
-    lines += review_section(client, search, out)
+    lines += review_section(search, out)
     trained, replayed, fifo = asha_savings(search)
     if fifo and search.config.get("scheduler", "asha") == "asha":  # a FIFO search has no ASHA to credit
         lines += [
@@ -331,7 +346,8 @@ def write_report(client: MlflowClient, experiment: str, out: Path) -> Path:
     lines += ["Every trial's per-epoch metrics: [trials.csv](trials.csv) (re-plot without MLflow).", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    for path in sorted(out.iterdir()):
-        if path.suffix in (".md", ".png", ".csv"):
-            client.log_artifact(search.parent.info.run_id, str(path), "report")
+    if client is not None and len(names) == 1 and search.parent is not None:
+        for path in sorted(out.iterdir()):
+            if path.suffix in (".md", ".png", ".csv"):
+                client.log_artifact(search.parent.info.run_id, str(path), "report")
     return report

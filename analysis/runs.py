@@ -154,3 +154,44 @@ def search_from_csv(path: Path) -> Search:
         finite = [r["val_loss"] for r in trial.history if _finite(r.get("val_loss"))]
         trial.best_val_loss = min(finite) if finite else math.nan
     return Search("", path.stem, None, list(trials.values()))
+
+
+def is_trials_csv(name: str) -> bool:
+    """Whether `name` names a trials.csv file (read without a server) rather than a search."""
+    return name.endswith(".csv")
+
+
+def source(client: MlflowClient | None, name: str) -> Search:
+    """A search by its name on the server, or from a trials.csv file (a name ending in .csv)."""
+    if is_trials_csv(name):
+        path = Path(name)
+        if not path.is_file():
+            raise AnalysisError("experiment", f"no such trials.csv: {name}")
+        return search_from_csv(path)
+    if client is None:
+        raise AnalysisError("experiment", f"{name} is not a trials.csv, and no tracking server was given")
+    return load_search(client, name)
+
+
+def same_config(trial: Trial) -> tuple[tuple[str, str], ...]:
+    """What makes two trials the same experiment: every sampled param, not the precision the machine chose."""
+    return tuple(sorted((k, str(v)) for k, v in trial.params.items() if k != "precision"))
+
+
+def combine(searches: list[Search]) -> Search:
+    """Several searches read as one, a later search's trials replacing an earlier one's of the same config.
+
+    For a protocol run in parts: a config rerun after its machine went (its fixed trial, say) stands in for
+    the stopped trial, and the configs that had finished are kept. The parent (and so the config) is the
+    last search's that has one.
+    """
+    if len(searches) == 1:
+        return searches[0]
+    trials: list[Trial] = []
+    for search in searches:
+        rerun = {same_config(t) for t in search.trials}
+        trials = [t for t in trials if same_config(t) not in rerun] + list(search.trials)
+    parent = next((s for s in reversed(searches) if s.parent is not None), None)
+    first = parent or searches[-1]
+    name = " + ".join(s.name for s in searches)
+    return Search(first.experiment_id, name, first.parent, trials)

@@ -160,8 +160,14 @@ def _dashboard_command(sub: Any) -> None:
 
 
 def _report_command(sub: Any) -> None:
-    rp = sub.add_parser("report", help="write report.md and plots for a search, from MLflow")
-    rp.add_argument("--experiment", required=True, help="the search's name")
+    rp = sub.add_parser("report", help="write report.md and plots for a search, from MLflow or its trials.csv")
+    rp.add_argument(
+        "--experiment",
+        action="append",
+        required=True,
+        help="the search's name, or a trials.csv a report wrote; several are reported as one, a later one's trial "
+        "of a config replacing an earlier one's (a rerun of what a lost machine left unfinished)",
+    )
     rp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
     rp.add_argument("--out", type=Path, default=None, help="folder (default reports/EXPERIMENT)")
     rp.set_defaults(handler=cmd_report)
@@ -391,26 +397,34 @@ def _client(uri: str | None):
     return MlflowClient(uri)
 
 
+def _csv_only(names: list[str], tracking_uri: str | None) -> bool:
+    """Committed trials.csv files alone are read with no server; a search's name needs one."""
+    from analysis.runs import is_trials_csv
+
+    return tracking_uri is None and all(is_trials_csv(name) for name in names)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
-    client = _client(args.tracking_uri)
-    path = write_report(client, args.experiment, (args.out or Path("reports") / args.experiment).resolve())
-    print(f"wrote {path} (also logged to the search's parent run under report/)")
+    names: list[str] = args.experiment
+    client = None if _csv_only(names, args.tracking_uri) else _client(args.tracking_uri)
+    out = args.out or Path("reports") / Path(names[0]).stem
+    path = write_report(client, names, out.resolve())
+    logged = client is not None and len(names) == 1
+    print(f"wrote {path}" + (" (also logged to the search's parent run under report/)" if logged else ""))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from analysis.compare import compare, is_trials_csv
+    from analysis.compare import compare
 
     if args.out.suffix.lower() != ".png":
         raise UserError("out", f"must name a .png file, got {args.out}")
     if not args.experiment and not args.seed_sequence:
         raise UserError("experiment", "give at least one search (or --seed-sequence)")
     seed = tuple(args.seed_sequence) if args.seed_sequence else None
-    # committed trials.csv files redraw the plot on a machine with no server; a search name needs one
-    csv_only = all(is_trials_csv(name) for name in [*args.experiment, *(seed or ())])
-    client = None if csv_only and args.tracking_uri is None else _client(args.tracking_uri)
+    client = None if _csv_only([*args.experiment, *(seed or ())], args.tracking_uri) else _client(args.tracking_uri)
     print(json.dumps(compare(client, args.experiment, seed, args.out.resolve())))
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from analysis.compare import seed_order, seed_sequence
 from analysis.report import write_trials_csv
 from analysis.review import best_so_far
-from analysis.runs import Search, Trial, search_from_csv
+from analysis.runs import Search, Trial, combine, search_from_csv
 from tests.helpers import assert_one_line_error, run_cli
 
 
@@ -66,4 +66,39 @@ def test_compare_draws_from_trials_csv_files_with_no_server_running(tmp_path: Pa
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out.stat().st_size > 0 and summary["the seed's sequence"]["best_val_loss"] == 1.5
     named = run_cli("compare", "--experiment", "some-search", "--out", str(out), env=home)
+    assert_one_line_error(named, "--tracking-uri")  # a search's name still needs a server
+
+
+def test_a_rerun_replaces_the_stopped_trial_of_its_config_and_keeps_the_rest() -> None:
+    stopped = _trial(128, 6, 5, [120.0, 111.0], run="stopped", end_state="interrupted")
+    first = Search("1", "t3", None, [_trial(128, 6, 2, [140.0]), stopped, _trial(128, 6, 20, [95.0])])
+    first.trials[1].params["precision"] = "fp32"
+    rerun = _trial(128, 6, 5, [119.0, 110.0, 108.5], run="rerun", end_state="completed")
+    rerun.params["precision"] = "bf16"  # another machine's precision is the same experiment
+    other_lr = _trial(128, 6, 20, [96.0], run="lr")
+    other_lr.params["lr"] = "0.003"  # another sampled value is another experiment: kept beside the first
+    both = combine([first, Search("2", "t3-z5", None, [rerun, other_lr])])
+    assert sorted(t.run_id for t in both.trials) == ["lr", "r128-6-2", "r128-6-20", "rerun"]
+    assert both.name == "t3 + t3-z5" and combine([first]) is first
+
+
+def test_report_reads_trials_csv_files_as_one_search_with_no_server(tmp_path: Path) -> None:
+    """docs/reproduction's Table 3 is a run stopped with its machine plus the rerun of its unfinished row."""
+    z2 = _trial(128, 6, 2, [142.0, 140.0], end_state="early_stopped")
+    first = Search("1", "t3", None, [z2, _trial(128, 6, 5, [120.0, 111.0], run="stopped", end_state="interrupted")])
+    rerun = Search("2", "t3-z5", None, [_trial(128, 6, 5, [119.0, 110.0, 108.5], run="rerun", end_state="completed")])
+    a, b = write_trials_csv(first, tmp_path / "t3.csv"), write_trials_csv(rerun, tmp_path / "t3-z5.csv")
+    home = {"VAESEARCH_HOME": str(tmp_path / "home")}  # no embedded server was ever started
+    out = tmp_path / "report"
+    proc = run_cli("report", "--experiment", str(a), "--experiment", str(b), "--out", str(out), env=home)
+    assert proc.returncode == 0, proc.stderr
+    report = (out / "report.md").read_text()
+    assert "Read back from trials.csv" in report and "2 trials: 1 completed, 1 early_stopped." in report
+    # Z=5's row is the rerun's: 108.50 nats/img = 6944.00 per 64 against the seed's 6954.74
+    assert "| 5 | decoder=6, hidden=128, latent=5 | 3 / 3 | 108.50 | 6944.00 |" in report
+    assert "Table 3: 6954.74 (108.67/img), ours -0.2%, within 2%" in report
+    assert (out / "curves_latent.png").stat().st_size > 1000 and not list(out.glob("z*_samples.png"))
+    merged = search_from_csv(out / "trials.csv")
+    assert sorted((t.run_id, t.epochs) for t in merged.trials) == [("r128-6-2", 2), ("rerun", 3)]
+    named = run_cli("report", "--experiment", str(a), "--experiment", "some-search", "--out", str(out), env=home)
     assert_one_line_error(named, "--tracking-uri")  # a search's name still needs a server
