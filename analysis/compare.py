@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import SEED_REPORT
 from analysis.review import best_so_far
-from analysis.runs import AnalysisError, Search, Trial, source
+from analysis.runs import AnalysisError, Search, Trial, combine, source
 from vae.loss import PER_BATCH
 
 Curve = list[tuple[int, float]]
@@ -63,15 +63,18 @@ def _trial(search: Search, key: tuple[int, int, int]) -> Trial | None:
     return max(found, key=lambda t: t.epochs) if found else None
 
 
-def compare(
-    client: MlflowClient | None, experiments: list[str], seed: tuple[str, str] | None, out: Path
-) -> dict[str, Any]:
-    """Draw every curve into `out` (PNG); per curve, the trial-epochs it spent and the best loss it reached."""
+def compare(client: MlflowClient | None, experiments: list[str], seed: list[str] | None, out: Path) -> dict[str, Any]:
+    """Draw every curve into `out` (PNG); per curve, the trial-epochs it spent and the best loss it reached.
+
+    `seed`: the searches that reproduced Tables 1-2 and Table 3, then any reruns of Table 3's configs
+    (`runs.combine`), for the seed's own sequence.
+    """
     searches = [source(client, name) for name in experiments]
     curves: dict[str, Curve] = {search.name: best_so_far(search) for search in searches}
     summary: dict[str, Any] = {}
     if seed:
-        curve, missing = seed_sequence(source(client, seed[0]), source(client, seed[1]))
+        tables3 = combine([source(client, name) for name in seed[1:]])
+        curve, missing = seed_sequence(source(client, seed[0]), tables3)
         curves["the seed's sequence"] = curve
         summary["seed_sequence_missing"] = missing
     if not any(curves.values()):

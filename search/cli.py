@@ -180,11 +180,11 @@ def _compare_command(sub: Any) -> None:
     )
     cp.add_argument(
         "--seed-sequence",
-        nargs=2,
-        metavar=("TABLES12", "TABLES3"),
+        nargs="+",
+        metavar="TABLES12 TABLES3",
         default=None,
         help="also the seed's 12 distinct runs in its order, from the searches (names or trials.csv files) that "
-        "reproduced its Tables 1-2 and 3",
+        "reproduced its Tables 1-2 and 3; more after TABLES3 are reruns of its configs, replacing their trials",
     )
     cp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
     cp.add_argument("--out", type=Path, required=True, help="PNG file to write")
@@ -423,7 +423,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("out", f"must name a .png file, got {args.out}")
     if not args.experiment and not args.seed_sequence:
         raise UserError("experiment", "give at least one search (or --seed-sequence)")
-    seed = tuple(args.seed_sequence) if args.seed_sequence else None
+    seed = args.seed_sequence
+    if seed is not None and len(seed) < 2:
+        raise UserError("seed_sequence", "give TABLES12 and TABLES3 (and any reruns of Table 3's configs after it)")
     client = None if _csv_only([*args.experiment, *(seed or ())], args.tracking_uri) else _client(args.tracking_uri)
     print(json.dumps(compare(client, args.experiment, seed, args.out.resolve())))
     return 0

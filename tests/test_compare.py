@@ -67,6 +67,15 @@ def test_compare_draws_from_trials_csv_files_with_no_server_running(tmp_path: Pa
     assert out.stat().st_size > 0 and summary["the seed's sequence"]["best_val_loss"] == 1.5
     named = run_cli("compare", "--experiment", "some-search", "--out", str(out), env=home)
     assert_one_line_error(named, "--tracking-uri")  # a search's name still needs a server
+    # a rerun of Table 3's Z=20 after TABLES3 replaces its trial in the seed's sequence
+    rerun = write_trials_csv(
+        Search("3", "z20", None, [_trial(128, 6, 20, [1.8, 1.2, 1.1], run="z20")]), tmp_path / "z20.csv"
+    )
+    proc = run_cli("compare", "--seed-sequence", str(a), str(b), str(rerun), "--out", str(out), env=home)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])["the seed's sequence"]
+    assert summary == {"trial_epochs": 4 + 3, "best_val_loss": 1.1}
+    assert_one_line_error(run_cli("compare", "--seed-sequence", str(a), "--out", str(out), env=home), "--seed-sequence")
 
 
 def test_a_rerun_replaces_the_stopped_trial_of_its_config_and_keeps_the_rest() -> None:
