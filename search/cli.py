@@ -371,11 +371,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     storage = study_of(args.storage_path, args.name)
     if port_in_use(args.host, args.port):
         raise UserError("port", f"port {args.port} on {args.host} is taken by another process; choose another port")
-    import optuna_dashboard
+    from search.dashboard import serve
 
     print(f"Optuna dashboard for {args.name}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+        serve(storage, args.host, args.port)
     except KeyboardInterrupt:  # the way to stop it: not an error
         print("dashboard stopped")
     return 0
