@@ -191,7 +191,6 @@ def combine(searches: list[Search]) -> Search:
     for search in searches:
         rerun = {same_config(t) for t in search.trials}
         trials = [t for t in trials if same_config(t) not in rerun] + list(search.trials)
-    parent = next((s for s in reversed(searches) if s.parent is not None), None)
-    first = parent or searches[-1]
+    holder = next((s for s in reversed(searches) if s.parent is not None), searches[-1])
     name = " + ".join(s.name for s in searches)
-    return Search(first.experiment_id, name, first.parent, trials)
+    return Search(holder.experiment_id, name, holder.parent, trials)

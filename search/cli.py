@@ -411,7 +411,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     client = None if _csv_only(names, args.tracking_uri) else _client(args.tracking_uri)
     out = args.out or Path("reports") / Path(names[0]).stem
     path = write_report(client, names, out.resolve())
-    logged = client is not None and len(names) == 1
+    logged = client is not None and len(names) == 1 and not _csv_only(names, None)  # one search, on the server
     print(f"wrote {path}" + (" (also logged to the search's parent run under report/)" if logged else ""))
     return 0
 
