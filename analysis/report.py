@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import review
-from analysis.runs import LOGGED_AT, Search, Trial, combine, source
+from analysis.runs import LOGGED_AT, Search, Trial, combine, is_trials_csv, source
 from vae.checkpoint import load_model
 from vae.figures import sample_grids
 from vae.loss import PER_BATCH
@@ -172,7 +172,7 @@ def asha_savings(search: Search) -> tuple[int, int, int]:
 def _grids(client: MlflowClient | None, trial: Trial, out: Path, prefix: str) -> list[str]:
     """Prior samples (and the manifold for Z=2) drawn from a run's best checkpoint, not its last epoch.
 
-    None where the checkpoint is not on the server (a trial read back from a trials.csv, or no server).
+    Nothing where the checkpoint is not on the server (a trial read back from a trials.csv, or no server).
     """
     if client is None:
         return []
@@ -292,6 +292,11 @@ def _head(search: Search, note: str | None) -> list[str]:
     return lines
 
 
+def logs_to_parent(client: MlflowClient | None, names: list[str]) -> bool:
+    """Whether the report is also logged to a parent run: only for one search read from the server."""
+    return client is not None and len(names) == 1 and not is_trials_csv(names[0])
+
+
 def write_report(client: MlflowClient | None, experiments: str | list[str], out: Path) -> Path:
     """report.md and its PNGs in `out`; for one search on the server, also logged to its parent run under report/.
 
@@ -346,7 +351,7 @@ def write_report(client: MlflowClient | None, experiments: str | list[str], out:
     lines += ["Every trial's per-epoch metrics: [trials.csv](trials.csv) (re-plot without MLflow).", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    if client is not None and len(names) == 1 and search.parent is not None:
+    if client is not None and logs_to_parent(client, names):
         for path in sorted(out.iterdir()):
             if path.suffix in (".md", ".png", ".csv"):
                 client.log_artifact(search.parent.info.run_id, str(path), "report")

@@ -405,14 +405,14 @@ def _csv_only(names: list[str], tracking_uri: str | None) -> bool:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_report
+    from analysis.report import logs_to_parent, write_report
 
     names: list[str] = args.experiment
     client = None if _csv_only(names, args.tracking_uri) else _client(args.tracking_uri)
     out = args.out or Path("reports") / Path(names[0]).stem
     path = write_report(client, names, out.resolve())
-    logged = client is not None and len(names) == 1 and not _csv_only(names, None)  # one search, on the server
-    print(f"wrote {path}" + (" (also logged to the search's parent run under report/)" if logged else ""))
+    logged = " (also logged to the search's parent run under report/)" if logs_to_parent(client, names) else ""
+    print(f"wrote {path}{logged}")
     return 0
 
 
