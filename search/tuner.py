@@ -192,6 +192,7 @@ def _tuner(cfg: SearchConfig, folder: Path, space: dict, settings: TrialSettings
             num_samples=cfg.budget.num_samples,
             max_concurrent_trials=cfg.budget.max_concurrent,
             time_budget_s=cfg.budget.time_limit_s,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,

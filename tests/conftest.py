@@ -1,4 +1,8 @@
-"""Shared fixtures: one verified MNIST copy per test session, small real subsets."""
+"""Shared fixtures: one verified MNIST copy, one MLflow server and one Ray head per test session.
+
+Every process the suite starts carries its mark in its environment; whatever ends the
+session (its end, Ctrl-C, SIGTERM from `make` or a CI time-out) stops them all.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,50 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MARK, processes_with, promote, search, write_config
+from tests.helpers import MARK, processes_with, promote, ray_start, search, stop_cluster, stop_processes, write_config
 from vae import data
 
 os.environ[MARK] = uuid.uuid4().hex
+os.environ["RAY_AUTH_MODE"] = "disabled"  # the suite's Ray head and the searches that join it agree
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 def _marked_processes() -> list[int]:
     return processes_with(MARK, os.environ[MARK])
+
+
+def _stop_everything_marked() -> None:
+    if Path("/proc").is_dir():
+        stop_processes(_marked_processes(), grace=5)
+
+
+def _stopped_from_outside(signum: int, frame: object) -> None:
+    """SIGTERM or SIGHUP (GNU make passes its SIGTERM on to pytest): stop what the suite started, then die of it."""
+    _stop_everything_marked()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stopped_from_outside)
+
+
+SERVERS = {"mlflow_url", "own_server", "ray_head", "finished", "promoted", "two_nodes", "pg_database"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make fast` (-m "not slow") starts no server and no Ray: a test that asks for one must be marked slow."""
+    unmarked = [
+        i.nodeid for i in items if SERVERS & set(getattr(i, "fixturenames", ())) and not i.get_closest_marker("slow")
+    ]
+    if unmarked:
+        raise pytest.UsageError("these start a server or Ray but are not marked slow: " + ", ".join(unmarked))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The last word however the session ended (Ctrl-C skips fixtures' teardown): nothing of ours runs on."""
+    _stop_everything_marked()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -79,11 +119,24 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def finished(mlflow_url: str, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict:
+def ray_head() -> str:
+    """One Ray head (2 CPUs) that the suite's searches join with --address, instead of each starting its own.
+
+    Tests about Ray's own processes (a search's own local Ray, two nodes, a killed driver) start their own.
+    """
+    cluster = uuid.uuid4().hex
+    env = {**os.environ, "VAESEARCH_TEST_CLUSTER": cluster}
+    address = ray_start(env, num_cpus=2)
+    yield address
+    stop_cluster(cluster, address)
+
+
+@pytest.fixture(scope="session")
+def finished(mlflow_url: str, ray_head: str, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict:
     """One tiny search, run once for the tests below: 6 trials over 2 configs, so duplicates happen."""
     tmp = tmp_path_factory.mktemp("search")
     config = write_config(tmp / "tiny.yaml")
-    proc = search(config, "e2e", mlflow_url, tmp / "ray")
+    proc = search(config, "e2e", mlflow_url, tmp / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"storage": tmp / "ray", "summary": json.loads(proc.stdout.strip().splitlines()[-1])}
 

@@ -51,10 +51,38 @@ def stop_processes(pids: list[int], grace: float = 15.0) -> None:
             time.sleep(0.5)
 
 
+def ray_start(env: dict, num_cpus: int = 1, head_address: str | None = None) -> str:
+    """`ray start`: a head (returning its address) or, with `head_address`, a node that joins it."""
+    import socket
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    common = ["--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    if head_address:
+        cmd, address = [ray, "start", "--address", head_address, *common], head_address
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        address = f"127.0.0.1:{port}"
+        cmd = [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    return address
+
+
+def stop_cluster(cluster: str, address: str) -> None:
+    """Stop the processes marked VAESEARCH_TEST_CLUSTER=`cluster`: `ray stop` would stop every Ray on the machine."""
+    import tempfile
+
+    stop_processes(processes_with("VAESEARCH_TEST_CLUSTER", cluster))
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # `ray start` wrote it; `ray stop` would
+    if current.exists() and current.read_text().strip().endswith(":" + address.rpartition(":")[2]):
+        current.unlink()  # remove it: a dead cluster's address
+
+
 def run_cli(
     *args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run `vaesearch` as a user would, in a subprocess."""
+    """Run `vaesearch` as a user would, in a subprocess (2-4 s of imports each: `cli` checks errors cheaper)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "search", *args],
@@ -64,6 +92,34 @@ def run_cli(
         timeout=timeout,
         cwd=cwd or REPO,
     )
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `vaesearch` in this process: `main(argv)` with its output captured, as `run_cli` returns it.
+
+    The environment and working folder are put back afterwards, so what one call sets
+    (main sets MLflow's settings in os.environ) cannot leak into the next test.
+    """
+    import contextlib
+    import io
+
+    from search.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd or REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's own exits (a bad flag: 2; --help: 0)
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["vaesearch", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -97,11 +153,15 @@ def write_config(path: Path, **sections: dict) -> Path:
     return path
 
 
-def search(config: Path, name: str, url: str, storage: Path, *extra: str) -> subprocess.CompletedProcess:
-    """`vaesearch search` against a given server and storage path."""
+def search(
+    config: Path, name: str, url: str, storage: Path, *extra: str, address: str | None = None
+) -> subprocess.CompletedProcess:
+    """`vaesearch search` against a given server and storage path, on the Ray at `address` (None: a Ray of its own)."""
+    joined = ("--address", address) if address else ()
     return run_cli(
-        "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage), *extra
-    )
+        "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage),
+        *joined, *extra,
+    )  # fmt: skip
 
 
 def promote(url: str, *extra: str) -> dict:

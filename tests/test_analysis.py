@@ -271,13 +271,13 @@ def test_the_registered_model_loads_as_the_readme_says(promoted: dict, mlflow_ur
     assert config.latent == 2 and vae.encode(torch.rand(3, 1, 28, 28))[0].shape == (3, 2)
 
 
-def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, tmp_path: Path) -> None:
+def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "z5.yaml",
         space={"hidden": [8], "decoder": [6], "latent": [5]},
         budget={"num_samples": 1, "max_epochs": 1, "max_concurrent": 1},
     )
-    assert search(config, "z5", mlflow_url, tmp_path / "ray").returncode == 0
+    assert search(config, "z5", mlflow_url, tmp_path / "ray", address=ray_head).returncode == 0
     proc = run_cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--iw-samples", "1",
                    "--model-name", "vae-z5")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, cli, run_cli
 from vae import checkpoint
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port here
@@ -50,9 +52,25 @@ def test_every_subcommand_refuses_bad_input_in_one_line(args: list[str], field: 
         "name: t\nspace: {hidden: [8], decoder: [1], latent: [2]}\nbudget: {num_samples: 1, max_epochs: 1}\n"
     )
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run_cli(*args, cwd=tmp_path, env={"VAESEARCH_HOME": str(tmp_path / "home")})
+    proc = cli(*args, cwd=tmp_path, env={"VAESEARCH_HOME": str(tmp_path / "home")})
     assert_one_line_error(proc, field)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["search", "--config", "nope.yaml"], "--config"),
+        (["train", "--decoder", "9", "--hidden", "8", "--latent", "2"], "--decoder"),
+    ],
+)
+def test_the_console_script_itself_says_one_line(args: list[str], field: str, tmp_path: Path) -> None:
+    """The installed `vaesearch` (the tests above call main() in-process): same one line, exit 2."""
+    script = Path(sys.executable).with_name("vaesearch")
+    proc = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, field)
+    assert run_cli(*args, cwd=tmp_path).stderr == proc.stderr  # `python -m search` is the same program
+    assert sorted(tmp_path.iterdir()) == []
 
 
 class _Payload:
@@ -67,7 +85,7 @@ def test_a_checkpoint_with_code_in_it_is_refused(tmp_path: Path) -> None:
     with pytest.raises(checkpoint.CheckpointError, match="evil.pt"):
         checkpoint.load(path)
     assert not Path("/tmp/vaesearch-pwned").exists()
-    proc = run_cli("evaluate", "--checkpoint", str(path))
+    proc = cli("evaluate", "--checkpoint", str(path))
     assert_one_line_error(proc, "--checkpoint", "evil.pt")
 
 

@@ -21,6 +21,7 @@ def test_throughput_benchmark_smoke(mnist_dir, model: list[str]) -> None:
     assert (result["decoder"], result["latent"]) == ((6, 5) if model else (1, 2))
 
 
+@pytest.mark.slow  # a real MLflow server (and Ray)
 def test_search_efficiency_benchmark_smoke(mnist_dir) -> None:
     proc = subprocess.run(
         [sys.executable, "benchmarks/search_efficiency.py", "--smoke"],
@@ -44,6 +45,7 @@ def test_efficiency_benchmark_smoke() -> None:
         assert row["images_per_s"] > 0 and row["mflop_per_image"] > 28 * 2 * 4 * 16 * (28 + 16) * 3 / 1e6
 
 
+@pytest.mark.slow  # a real MLflow server (and Ray)
 def test_system_metrics_cost_benchmark_smoke(mlflow_url: str) -> None:
     proc = subprocess.run(
         [sys.executable, "benchmarks/system_metrics_cost.py", "--tracking-uri", mlflow_url, "--samples", "3"],

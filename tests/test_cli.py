@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, cli, run_cli
 
 TINY = ["--subset", "256", "--val-subset", "128", "--epochs", "2", "--hidden", "16"]
 
@@ -45,7 +45,7 @@ def test_evaluate_prints_one_json_line(trained: Path, mnist_dir: Path) -> None:
 
 
 def test_train_refuses_a_folder_that_holds_a_run(trained: Path) -> None:
-    proc = run_cli("train", "--decoder", "1", "--latent", "2", *TINY, "--out", str(trained))
+    proc = cli("train", "--decoder", "1", "--latent", "2", *TINY, "--out", str(trained))
     assert_one_line_error(proc, "--out", "already holds a run")
 
 
@@ -62,16 +62,16 @@ def test_train_refuses_a_folder_that_holds_a_run(trained: Path) -> None:
     ],
 )
 def test_bad_train_flags_exit_2_with_one_line(flags: list[str], field: str, tmp_path: Path) -> None:
-    proc = run_cli("train", *flags, "--out", str(tmp_path / "out"))
+    proc = cli("train", *flags, "--out", str(tmp_path / "out"))
     assert_one_line_error(proc, field)
     assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_refuses_a_missing_or_corrupt_checkpoint(tmp_path: Path) -> None:
-    assert_one_line_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "nope.pt")), "nope.pt")
+    assert_one_line_error(cli("evaluate", "--checkpoint", str(tmp_path / "nope.pt")), "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 100)
-    assert_one_line_error(run_cli("evaluate", "--checkpoint", str(bad)), "bad.pt", "not a readable checkpoint")
+    assert_one_line_error(cli("evaluate", "--checkpoint", str(bad)), "bad.pt", "not a readable checkpoint")
 
 
 def test_train_on_a_corrupt_data_folder_names_the_file(tmp_path: Path, mnist_dir: Path) -> None:
@@ -82,7 +82,7 @@ def test_train_on_a_corrupt_data_folder_names_the_file(tmp_path: Path, mnist_dir
     for name in data.FILES:
         (raw / name).write_bytes((data.raw_dir(mnist_dir) / name).read_bytes()[:-1] if "t10k-images" in name else
                                  (data.raw_dir(mnist_dir) / name).read_bytes())  # fmt: skip
-    proc = run_cli("train", "--decoder", "1", "--latent", "2", *TINY, "--data-dir", str(tmp_path),
-                   "--out", str(tmp_path / "out"))  # fmt: skip
+    proc = cli("train", "--decoder", "1", "--latent", "2", *TINY, "--data-dir", str(tmp_path),
+               "--out", str(tmp_path / "out"))  # fmt: skip
     assert_one_line_error(proc, "t10k-images-idx3-ubyte")
     assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 
 from mlflow_server import server
 from search.state import STATE_FILE
@@ -27,6 +28,7 @@ def _get(url: str, timeout: float) -> bytes | None:
         return None
 
 
+@pytest.mark.slow  # a server (the dashboard)
 def test_ctrl_c_during_a_request_stops_the_dashboard(tmp_path: Path) -> None:
     folder = tmp_path / "ray" / "s"
     folder.mkdir(parents=True)

@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import io
 import pickle
 import shutil
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, cli
 from vae import data
 
 
@@ -22,8 +23,26 @@ def _copy(src: Path, dst: Path, gz: bool = False) -> Path:
     return dst
 
 
-def test_prepared_files_match_the_published_md5s(mnist_dir: Path) -> None:
-    assert data.verify(mnist_dir) == data.FILES
+# MNIST's four files, uncompressed: their MD5s as published, written here again so a changed FILES table shows
+PUBLISHED = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+def test_prepared_files_match_the_published_md5s(mnist_dir: Path, tmp_path: Path) -> None:
+    """Hashed here, not by the code under test; and verify() refuses a copy with one byte changed."""
+    got = {name: hashlib.md5((data.raw_dir(mnist_dir) / name).read_bytes()).hexdigest() for name in PUBLISHED}
+    assert got == PUBLISHED == data.FILES
+    _copy(mnist_dir, tmp_path)
+    target = data.raw_dir(tmp_path) / "train-labels-idx1-ubyte"
+    buf = bytearray(target.read_bytes())
+    buf[-1] ^= 0x01
+    target.write_bytes(bytes(buf))
+    with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.*MD5"):
+        data.verify(tmp_path)
 
 
 def test_splits_are_50k_10k_10k_uint8(splits: dict[str, data.Split]) -> None:
@@ -36,7 +55,7 @@ def test_splits_are_50k_10k_10k_uint8(splits: dict[str, data.Split]) -> None:
 def test_second_prepare_does_nothing_and_says_so(mnist_dir: Path, tmp_path: Path) -> None:
     _copy(mnist_dir, tmp_path)
     before = {p.name: p.stat().st_mtime_ns for p in data.raw_dir(tmp_path).iterdir()}
-    proc = run_cli("data", "prepare", "--data-dir", str(tmp_path))
+    proc = cli("data", "prepare", "--data-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "nothing to do" in proc.stdout
     assert {p.name: p.stat().st_mtime_ns for p in data.raw_dir(tmp_path).iterdir()} == before
@@ -59,7 +78,7 @@ def test_a_damaged_file_is_refused_by_name(mnist_dir: Path, tmp_path: Path, dama
     else:
         buf[3] = 0x07
     target.write_bytes(bytes(buf))
-    proc = run_cli("data", "prepare", "--data-dir", str(tmp_path))
+    proc = cli("data", "prepare", "--data-dir", str(tmp_path))
     assert_one_line_error(proc, "t10k-labels-idx1-ubyte", "MD5")
     if damage != "flip":  # a flipped byte only the MD5 can see; the others the parser sees too
         with pytest.raises(data.DataError, match="magic" if damage == "magic" else "truncated"):

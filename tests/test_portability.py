@@ -54,11 +54,14 @@ def test_train_auto_says_what_it_chose_and_trains(tmp_path: Path, mnist_dir: Pat
     assert '"precision": "fp32"' in (tmp_path / "run" / "config.json").read_text()
 
 
-def test_an_explicit_bf16_that_cannot_run_is_refused_before_anything_starts(tmp_path: Path, mlflow_url: str) -> None:
+def test_an_explicit_bf16_that_cannot_run_is_refused_before_training(tmp_path: Path) -> None:
     proc = run_cli("train", *TINY_TRAIN, "--precision", "bf16", "--out", str(tmp_path / "run"), env=AVX2)
     assert_one_line_error(proc, "--precision", "bf16", "auto, fp32")
     assert not (tmp_path / "run").exists()
 
+
+@pytest.mark.slow  # a real MLflow server
+def test_an_explicit_bf16_that_cannot_run_is_refused_before_a_search_starts(tmp_path: Path, mlflow_url: str) -> None:
     config = write_config(tmp_path / "c.yaml", train={"precision": "bf16"})
     proc = run_cli("search", "--config", str(config), "--name", "bf16-refused", "--tracking-uri", mlflow_url,
                    "--storage-path", str(tmp_path / "ray"), env=AVX2)  # fmt: skip

@@ -107,14 +107,14 @@ def test_searches_lists_the_search(finished: dict) -> None:
     assert row["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
 
 
-def test_a_diverging_trial_fails_without_stopping_the_search(mlflow_url: str, tmp_path: Path) -> None:
+def test_a_diverging_trial_fails_without_stopping_the_search(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "nan.yaml",
         space={"hidden": [8], "decoder": [1], "latent": [2]},
         train={"lr": 1000.0, "precision": "fp32"},
         budget={"num_samples": 1, "max_epochs": 2, "max_concurrent": 1},
     )
-    proc = search(config, "nan", mlflow_url, tmp_path / "ray")
+    proc = search(config, "nan", mlflow_url, tmp_path / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(mlflow_url)
     _, kids = children(client, "nan")
@@ -127,7 +127,7 @@ def test_a_diverging_trial_fails_without_stopping_the_search(mlflow_url: str, tm
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
 
 
-def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_path: Path) -> None:
+def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "resume.yaml",
         space={"hidden": [8, 16, 24, 32], "decoder": [1, 6], "latent": [2, 3]},
@@ -136,7 +136,7 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
         data={"subset": 512, "val_subset": 128},
     )
     cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", "resume",
-           "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray")]  # fmt: skip
+           "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray"), "--address", ray_head]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=ctrl_c_able
     )
@@ -158,7 +158,7 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in out
 
-    again = search(config, "resume", mlflow_url, tmp_path / "ray", "--resume")
+    again = search(config, "resume", mlflow_url, tmp_path / "ray", "--resume", address=ray_head)
     assert again.returncode == 0, again.stderr[-3000:]
     parent, kids = children(client, "resume")
     assert len(kids) == 5
@@ -192,14 +192,16 @@ def started(stdout: str) -> list[str]:
     return [line.split()[1] for line in stdout.splitlines() if line.startswith("trial ") and " started: " in line]
 
 
-def test_a_search_whose_every_trial_raises_stops_after_the_first_four(mlflow_url: str, tmp_path: Path) -> None:
+def test_a_search_whose_every_trial_raises_stops_after_the_first_four(
+    mlflow_url: str, ray_head: str, tmp_path: Path
+) -> None:
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8], "decoder": [1], "latent": [HUGE]},
         budget={"num_samples": 12, "max_epochs": 2, "max_concurrent": 2},
     )
     started = time.monotonic()
-    proc = search(config, "all-fail", mlflow_url, tmp_path / "ray")
+    proc = search(config, "all-fail", mlflow_url, tmp_path / "ray", address=ray_head)
     assert time.monotonic() - started < 240  # the time of the first trials, not of twelve
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line, no traceback
@@ -219,14 +221,14 @@ def test_a_search_whose_every_trial_raises_stops_after_the_first_four(mlflow_url
     assert len(started_lines) == len(set(started_lines)) and "lost its worker" not in proc.stdout  # never retried
 
 
-def test_a_raising_trial_fails_once_and_the_search_goes_on(mlflow_url: str, tmp_path: Path) -> None:
+def test_a_raising_trial_fails_once_and_the_search_goes_on(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8], "decoder": [1], "latent": [2, HUGE]},
         budget={"num_samples": 3, "max_epochs": 1, "max_concurrent": 1},
         sampler={"seed": 1, "n_startup_trials": 3},
     )
-    proc = search(config, "one-fails", mlflow_url, tmp_path / "ray")
+    proc = search(config, "one-fails", mlflow_url, tmp_path / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     client = MlflowClient(mlflow_url)
@@ -252,7 +254,9 @@ def test_a_raising_trial_fails_once_and_the_search_goes_on(mlflow_url: str, tmp_
     assert len(started) == 3 and len(set(started)) == 3  # the failure was not retried
 
 
-def test_fixed_points_run_first_and_fifo_trains_every_trial_to_the_end(mlflow_url: str, tmp_path: Path) -> None:
+def test_fixed_points_run_first_and_fifo_trains_every_trial_to_the_end(
+    mlflow_url: str, ray_head: str, tmp_path: Path
+) -> None:
     points = [{"hidden": 16, "decoder": 3, "latent": 2}, {"hidden": 8, "decoder": 1, "latent": 3}]
     config = write_config(
         tmp_path / "c.yaml",
@@ -261,7 +265,7 @@ def test_fixed_points_run_first_and_fifo_trains_every_trial_to_the_end(mlflow_ur
         scheduler="fifo",
         points=points,
     )
-    proc = search(config, "points", mlflow_url, tmp_path / "ray")
+    proc = search(config, "points", mlflow_url, tmp_path / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(mlflow_url)
     _, kids = children(client, "points")
@@ -290,15 +294,15 @@ def test_without_an_address_a_search_starts_its_own_ray_even_beside_a_dead_ray_s
     assert "ray: 1 node(s)" in proc.stdout
 
 
-def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, tmp_path: Path) -> None:
+def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16, 24], "decoder": [1], "latent": [2]},
-        budget={"num_samples": 20, "max_epochs": 30, "max_concurrent": 2, "time_limit_s": 25},
+        budget={"num_samples": 20, "max_epochs": 30, "max_concurrent": 2, "time_limit_s": 15},
         asha={"grace_period": 30, "reduction_factor": 2},
         data={"subset": 2048, "val_subset": 128},
     )
-    proc = search(config, "budget", mlflow_url, tmp_path / "ray")
+    proc = search(config, "budget", mlflow_url, tmp_path / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(mlflow_url)
     _, kids = children(client, "budget")
@@ -311,7 +315,7 @@ def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, tm
     assert json.loads(listed[0])["running"] == 0  # not running forever
 
 
-def test_an_epoch_budget_caps_the_training_of_the_whole_search(mlflow_url: str, tmp_path: Path) -> None:
+def test_an_epoch_budget_caps_the_training_of_the_whole_search(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     """`budget.max_total_epochs`: trials stop once they have trained that many epochs between them."""
     config = write_config(
         tmp_path / "c.yaml",
@@ -320,7 +324,7 @@ def test_an_epoch_budget_caps_the_training_of_the_whole_search(mlflow_url: str, 
         sampler={"kind": "random", "seed": 1},
         scheduler="fifo",
     )
-    proc = search(config, "epochs", mlflow_url, tmp_path / "ray")
+    proc = search(config, "epochs", mlflow_url, tmp_path / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(mlflow_url)
     _, kids = children(client, "epochs")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli, write_config
+from tests.helpers import assert_one_line_error, cli, write_config
 
 POINT = {"hidden": 8, "decoder": 1, "latent": 2}
 
@@ -37,7 +37,7 @@ POINT = {"hidden": 8, "decoder": 1, "latent": 2}
 )
 def test_bad_config_values_exit_2_naming_the_field(sections: dict, field: str, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", **sections)
-    proc = run_cli("search", "--config", str(config), "--storage-path", str(tmp_path / "ray"),
+    proc = cli("search", "--config", str(config), "--storage-path", str(tmp_path / "ray"),
                    "--tracking-uri", "http://127.0.0.1:9")  # fmt: skip
     assert_one_line_error(proc, field)
     assert not (tmp_path / "ray").exists()
@@ -48,16 +48,16 @@ def test_bad_config_values_exit_2_naming_the_field(sections: dict, field: str, t
 )
 def test_malformed_or_empty_yaml(text: str, needle: str, tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(text)
-    assert_one_line_error(run_cli("search", "--config", str(tmp_path / "c.yaml")), needle)
+    assert_one_line_error(cli("search", "--config", str(tmp_path / "c.yaml")), needle)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    assert_one_line_error(run_cli("search", "--config", str(tmp_path / "none.yaml")), "--config", "no such file")
+    assert_one_line_error(cli("search", "--config", str(tmp_path / "none.yaml")), "--config", "no such file")
 
 
 def test_a_tracking_server_that_does_not_answer(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml")
-    proc = run_cli("search", "--config", str(config), "--tracking-uri", "http://127.0.0.1:9",
+    proc = cli("search", "--config", str(config), "--tracking-uri", "http://127.0.0.1:9",
                    "--storage-path", str(tmp_path / "ray"))  # fmt: skip
     assert_one_line_error(proc, "--tracking-uri", "no MLflow server answers")
     assert not (tmp_path / "ray").exists()
@@ -65,7 +65,7 @@ def test_a_tracking_server_that_does_not_answer(tmp_path: Path) -> None:
 
 def test_address_without_tracking_uri_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml")
-    proc = run_cli("search", "--config", str(config), "--address", "auto")
+    proc = cli("search", "--config", str(config), "--address", "auto")
     assert_one_line_error(proc, "--tracking-uri", "--address")
 
 

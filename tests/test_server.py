@@ -10,11 +10,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.helpers import assert_one_line_error, run_cli, search, write_config
+from tests.helpers import assert_one_line_error, cli, run_cli, search, write_config
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
 
+@pytest.mark.slow
 def test_start_status_stop(tmp_path: Path) -> None:
     port = str(server.free_port())
     folder = ["--data-folder", str(tmp_path / "srv")]
@@ -54,16 +55,17 @@ def test_start_status_stop(tmp_path: Path) -> None:
 
 
 def test_a_non_loopback_bind_is_refused_without_auth_or_insecure(tmp_path: Path) -> None:
-    proc = run_cli("server", "start", "--host", "0.0.0.0", "--port", str(server.free_port()),
-                   "--data-folder", str(tmp_path / "srv"))  # fmt: skip
+    proc = cli("server", "start", "--host", "0.0.0.0", "--port", str(server.free_port()),
+               "--data-folder", str(tmp_path / "srv"))  # fmt: skip
     assert_one_line_error(proc, "--host", "--insecure", "--auth")
     assert not (tmp_path / "srv").exists()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
-    proc = run_cli("server", "start", "--host", "0.0.0.0", "--auth", "--port", str(server.free_port()),
-                   "--data-folder", str(tmp_path / "srv"), env=env)  # fmt: skip
+    proc = cli("server", "start", "--host", "0.0.0.0", "--auth", "--port", str(server.free_port()),
+               "--data-folder", str(tmp_path / "srv"), env=env)  # fmt: skip
     assert_one_line_error(proc, "MLFLOW_AUTH_ADMIN_PASSWORD")
 
 
+@pytest.mark.slow
 def test_basic_auth_server_needs_credentials(tmp_path: Path) -> None:
     port = server.free_port()
     folder = tmp_path / "srv"
@@ -107,12 +109,12 @@ def pg_database():
 
 
 @pytest.mark.slow
-def test_a_search_logs_to_a_server_on_postgresql(pg_database: str, tmp_path: Path) -> None:
+def test_a_search_logs_to_a_server_on_postgresql(pg_database: str, ray_head: str, tmp_path: Path) -> None:
     folder = tmp_path / "srv"
     info = server.start(folder, backend_store_uri=pg_database, port=server.free_port())
     try:
         config = write_config(tmp_path / "pg.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2})
-        proc = search(config, "pg", info.url, tmp_path / "ray")
+        proc = search(config, "pg", info.url, tmp_path / "ray", address=ray_head)
         assert proc.returncode == 0, proc.stderr[-3000:]
         client = MlflowClient(info.url)
         runs = client.search_runs([client.get_experiment_by_name("pg").experiment_id])
@@ -129,7 +131,9 @@ def test_a_search_logs_to_a_server_on_postgresql(pg_database: str, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(pg_database: str, tmp_path: Path) -> None:
+def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
+    pg_database: str, ray_head: str, tmp_path: Path
+) -> None:
     folder = tmp_path / "srv"
     info = server.start(folder, backend_store_uri=pg_database, port=server.free_port())
     try:
@@ -141,7 +145,7 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(pg_databa
             resources={"cpus": 0.25},
             data={"subset": 256, "val_subset": 128},
         )
-        proc = search(config, "eight", info.url, tmp_path / "ray")
+        proc = search(config, "eight", info.url, tmp_path / "ray", address=ray_head)
         assert proc.returncode == 0, proc.stderr[-3000:]
     finally:
         server.stop(folder)
@@ -164,7 +168,7 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(pg_databa
 
 
 @pytest.mark.slow
-def test_a_search_on_an_auth_server_hands_trials_credentials_by_environment(tmp_path: Path) -> None:
+def test_a_search_on_an_auth_server_hands_trials_credentials_by_environment(ray_head: str, tmp_path: Path) -> None:
     folder, password = tmp_path / "srv", uuid.uuid4().hex
     os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
     try:
@@ -175,7 +179,7 @@ def test_a_search_on_an_auth_server_hands_trials_credentials_by_environment(tmp_
     try:
         config = write_config(tmp_path / "auth.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2})
         proc = run_cli("search", "--config", str(config), "--name", "auth", "--tracking-uri", info.url,
-                       "--storage-path", str(tmp_path / "ray"), env=creds)  # fmt: skip
+                       "--storage-path", str(tmp_path / "ray"), "--address", ray_head, env=creds)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         os.environ.update(creds)
         try:
