@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a tiny size, so that a test runs it")
+    parser.add_argument("--tracking-uri", default=None, help="a running MLflow server (default: one of its own)")
+    parser.add_argument("--address", default=None, help="a running Ray to join (default: a local Ray of its own)")
     args = parser.parse_args()
     if args.smoke:
         args.configs, args.max_epochs, args.subset, args.val_subset, args.reduction_factor = 3, 2, 256, 128, 2
@@ -111,7 +113,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vaesearch-bench-"))
     data_dir = data.default_data_dir()
     data.prepare(data_dir, log=lambda m: None)
-    info = server.start(work / "mlflow", port=server.free_port())
+    url = args.tracking_uri or server.start(work / "mlflow", port=server.free_port()).url
     try:
         cfg = validate(
             {
@@ -124,8 +126,8 @@ def main() -> None:
                 "tracking": {"samples_every": args.max_epochs},
             }
         )
-        settings = TrialSettings.of(cfg, info.url, "", "", data_dir)
-        ray_init(None, log=lambda m: None)
+        settings = TrialSettings.of(cfg, url, "", "", data_dir)
+        ray_init(args.address, log=lambda m: None)
         results = {
             "asha": run(
                 "asha",
@@ -138,7 +140,8 @@ def main() -> None:
             "fifo": run("fifo", FIFOScheduler(), configs, settings, work / "ray", args.concurrent),
         }
     finally:
-        server.stop(work / "mlflow")
+        if not args.tracking_uri:
+            server.stop(work / "mlflow")
 
     summary = {"configs": args.configs, "max_epochs": args.max_epochs, "subset": args.subset}
     for label, rows in results.items():

@@ -28,8 +28,12 @@ def _marked_processes() -> list[int]:
 
 
 def _stop_everything_marked() -> None:
-    if Path("/proc").is_dir():
-        stop_processes(_marked_processes(), grace=5)
+    """Again until none is left: a Ray node being stopped may still start a worker, which carries the mark too."""
+    for grace in (5, 1, 1):
+        pids = _marked_processes() if Path("/proc").is_dir() else []
+        if not pids:
+            return
+        stop_processes(pids, grace)
 
 
 def _stopped_from_outside(signum: int, frame: object) -> None:

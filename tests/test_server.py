@@ -19,16 +19,16 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 def test_start_status_stop(tmp_path: Path) -> None:
     port = str(server.free_port())
     folder = ["--data-folder", str(tmp_path / "srv")]
-    started = run_cli("server", "start", "--port", port, *folder)
+    started = cli("server", "start", "--port", port, *folder)
     assert started.returncode == 0, started.stderr
     try:
-        status = run_cli("server", "status", *folder)
+        status = cli("server", "status", *folder)
         assert status.returncode == 0 and f"127.0.0.1:{port} healthy" in status.stdout
         assert "sqlite:///" in status.stdout and str(tmp_path / "srv") in status.stdout
         info = server.read_info(tmp_path / "srv")
-        again = run_cli("server", "start", "--port", port, *folder)  # reuses, does not start a second
+        again = cli("server", "start", "--port", port, *folder)  # reuses, does not start a second
         assert again.returncode == 0 and f"pid {info.pid}" in again.stdout
-        taken = run_cli("server", "start", "--port", port, "--data-folder", str(tmp_path / "other"))
+        taken = cli("server", "start", "--port", port, "--data-folder", str(tmp_path / "other"))
         assert_one_line_error(taken, "--port", port, "taken")
         # a running server that differs from what was asked is never passed off as it
         other_port = str(server.free_port())
@@ -38,19 +38,19 @@ def test_start_status_stop(tmp_path: Path) -> None:
             (["--host", "0.0.0.0", "--insecure"], "--host"),
             (["--backend-store-uri", elsewhere], "--backend-store-uri"),
         ):
-            differs = run_cli("server", "start", *flags, *folder)
+            differs = cli("server", "start", *flags, *folder)
             assert_one_line_error(differs, field, "already running", "vaesearch server stop", "--data-folder")
-        unsafe = run_cli("server", "start", "--host", "0.0.0.0", "--port", other_port, "--backend-store-uri", elsewhere,
-                         *folder)  # fmt: skip
+        unsafe = cli("server", "start", "--host", "0.0.0.0", "--port", other_port, "--backend-store-uri", elsewhere,
+                     *folder)  # fmt: skip
         assert_one_line_error(unsafe, "--host", "--insecure", "--auth")  # refused as a new server would be
         assert not (tmp_path / "elsewhere.db").exists() and not server.health(f"http://127.0.0.1:{other_port}")
     finally:
-        stopped = run_cli("server", "stop", *folder)
+        stopped = cli("server", "stop", *folder)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not server.health(f"http://127.0.0.1:{port}")
     with pytest.raises(ProcessLookupError):
         os.killpg(info.pid, 0)  # the whole group, workers included, is gone
-    none = run_cli("server", "stop", *folder)
+    none = cli("server", "stop", *folder)
     assert none.returncode == 0 and "no server running" in none.stdout
 
 
@@ -109,28 +109,6 @@ def pg_database():
 
 
 @pytest.mark.slow
-def test_a_search_logs_to_a_server_on_postgresql(pg_database: str, ray_head: str, tmp_path: Path) -> None:
-    folder = tmp_path / "srv"
-    info = server.start(folder, backend_store_uri=pg_database, port=server.free_port())
-    try:
-        config = write_config(tmp_path / "pg.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2})
-        proc = search(config, "pg", info.url, tmp_path / "ray", address=ray_head)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        client = MlflowClient(info.url)
-        runs = client.search_runs([client.get_experiment_by_name("pg").experiment_id])
-        assert len(runs) == 3  # the parent and two trials
-        kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert all(len(client.get_metric_history(r.info.run_id, "val_loss")) == 1 for r in kids)
-    finally:
-        server.stop(folder)
-    import psycopg
-
-    with psycopg.connect(pg_database) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM runs")
-        assert cur.fetchone()[0] == 3  # the rows are in PostgreSQL, not in a SQLite file
-
-
-@pytest.mark.slow
 def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
     pg_database: str, ray_head: str, tmp_path: Path
 ) -> None:
@@ -147,6 +125,11 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
         )
         proc = search(config, "eight", info.url, tmp_path / "ray", address=ray_head)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        client = MlflowClient(info.url)
+        runs = client.search_runs([client.get_experiment_by_name("eight").experiment_id])
+        assert len(runs) == 9  # the parent and eight trials, as the server reads them back
+        kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert all(len(client.get_metric_history(r.info.run_id, "val_loss")) == 2 for r in kids)
     finally:
         server.stop(folder)
     import psycopg
@@ -154,6 +137,8 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
     from vae.records import METRICS
 
     with psycopg.connect(pg_database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs")
+        assert cur.fetchone()[0] == 9  # the rows are in PostgreSQL, not in a SQLite file
         cur.execute("SELECT run_uuid FROM tags WHERE key = 'ray_trial_id'")
         kids = [row[0] for row in cur.fetchall()]
         assert len(kids) == 8
