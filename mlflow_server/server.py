@@ -175,6 +175,9 @@ def _launch(
         "--workers", str(workers),
     ]  # fmt: skip
     env = dict(os.environ)
+    # MLflow 3's job runner (GenAI evaluation jobs: a runner and five huey consumers) serves nothing vaesearch
+    # logs; off unless the caller's environment turns it on, it saves a 2-core machine those processes.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth:
         cmd += ["--app-name", "basic-auth"]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(data_dir))

@@ -181,8 +181,9 @@ def test_the_tracking_server_gone_for_a_while_loses_nothing(own_server, ray_head
         wait_until(lambda: any(steps(client, r.info.run_id) for r in runs_of(client, "outage")
                                if "ray_trial_id" in r.data.tags), 240, "a first epoch", proc)  # fmt: skip
         server.stop(folder)
-        # longer than one request's own retries (one, MLFLOW_HTTP_REQUEST_MAX_RETRIES) and the 15 s top back-off
-        time.sleep(20)
+        # with the stop and the start, an outage of about 15 s: longer than a request's own retry
+        # (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1) and than the search's longest back-off between tries (15 s)
+        time.sleep(8)
         assert proc.poll() is None, "the search died while the server was away"
         server.start(folder, port=port)
         out, err = proc.communicate(timeout=600)
