@@ -12,6 +12,7 @@ from search.config import SearchError
 from vae.config import ConfigError
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+SETTINGS = ("VAESEARCH_MLFLOW_PATIENCE_S",)  # read by trials too: set on the driver, it holds on every node
 
 
 def _probe(address: str) -> None:
@@ -45,8 +46,9 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # Ray's result files, without TensorBoard's (MLflow is the record; TBX complains of a failure's inf).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Credentials for an MLflow server with auth reach trials through their environment, never as params.
-    secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS}
+    # Credentials for an MLflow server with auth reach trials through their environment, never as params;
+    # so do the driver's settings that trials read, which a worker node's own environment would not have.
+    secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS + SETTINGS}
     try:
         ray.init(
             # "local": a Ray of its own. None would join the last `ray start` cluster on this machine

@@ -269,6 +269,10 @@ def test_the_registered_model_loads_as_the_readme_says(promoted: dict, mlflow_ur
     path = mlflow.artifacts.download_artifacts(version.tags["checkpoint_uri"])
     vae, config, _ = load_model(path)
     assert config.latent == 2 and vae.encode(torch.rand(3, 1, 28, 28))[0].shape == (3, 2)
+    # what serving it installs: MLflow and torch at this environment's versions (given, not inferred)
+    requirements = Path(mlflow.artifacts.download_artifacts("models:/vae-mnist@champion/requirements.txt"))
+    lines = requirements.read_text().split()
+    assert f"mlflow=={mlflow.__version__}" in lines and f"torch=={torch.__version__.split('+')[0]}" in lines, lines
 
 
 def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:

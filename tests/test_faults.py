@@ -244,7 +244,7 @@ def test_an_unreachable_ray_address_is_refused_before_anything_is_written(mlflow
     assert not (tmp_path / "ray" / "no-ray").exists()
 
 
-def test_a_server_lost_for_good_fails_the_search_with_one_line(own_server, tmp_path: Path) -> None:
+def test_a_server_lost_for_good_fails_the_search_with_one_line(own_server, ray_head: str, tmp_path: Path) -> None:
     folder, _, info = own_server
     config = write_config(
         tmp_path / "c.yaml",
@@ -252,9 +252,9 @@ def test_a_server_lost_for_good_fails_the_search_with_one_line(own_server, tmp_p
         budget={"num_samples": 2, "max_epochs": 3, "max_concurrent": 1},
         asha={"grace_period": 3, "reduction_factor": 2},
     )
-    # give up after 3 s, not 10 minutes; the search's own Ray, so its trials see that too
+    # give up after 3 s, not 10 minutes: set on the driver, it reaches the trials on the cluster it joins
     env = {**os.environ, "VAESEARCH_MLFLOW_PATIENCE_S": "3"}
-    proc = start_search(config, "lost", info.url, tmp_path / "ray", env)
+    proc = start_search(config, "lost", info.url, tmp_path / "ray", env, address=ray_head)
     client = MlflowClient(info.url)
     try:
         wait_until(lambda: any("ray_trial_id" in r.data.tags for r in runs_of(client, "lost")), 240, "a trial", proc)

@@ -268,7 +268,7 @@ def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, ra
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16, 24], "decoder": [1], "latent": [2]},
-        budget={"num_samples": 20, "max_epochs": 30, "max_concurrent": 2, "time_limit_s": 15},
+        budget={"num_samples": 20, "max_epochs": 30, "max_concurrent": 2, "time_limit_s": 10},
         asha={"grace_period": 30, "reduction_factor": 2},
         data={"subset": 2048, "val_subset": 128},
     )
