@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=None, help="a running MLflow server (default: one of its own)")
     parser.add_argument("--address", default=None, help="a running Ray to join (default: a local Ray of its own)")
     args = parser.parse_args()
+    if args.address and not args.tracking_uri:  # as `vaesearch search` refuses it: other nodes cannot reach ours
+        parser.error("--address needs --tracking-uri (a server every node can reach)")
     if args.smoke:
         args.configs, args.max_epochs, args.subset, args.val_subset, args.reduction_factor = 3, 2, 256, 128, 2
 

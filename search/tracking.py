@@ -74,6 +74,9 @@ def patiently(
             delay = min(delay * 2, 15.0)
 
 
+_STOP: tuple[str, Callable[[], None]] = ("stop", lambda: None)  # the item that ends a Sender's thread
+
+
 class Sender:
     """A queue of MLflow writes done in order by one thread, each retried until it lands or time runs out.
 
@@ -101,9 +104,16 @@ class Sender:
         with self._done:
             return self._done.wait_for(lambda: self._pending == 0, timeout)
 
+    def close(self) -> None:
+        """End the thread once the writes submitted so far are done: a reused Ray worker runs many trials."""
+        self._queue.put(_STOP)
+
     def _loop(self) -> None:
         while True:
-            what, write = self._queue.get()
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            what, write = item
             try:
                 patiently(write, what, self.give_up_after, self._outage)
             except RuntimeError as e:

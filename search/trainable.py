@@ -127,6 +127,7 @@ class _Trial:
         if self.monitor is not None:
             self.monitor.finish()
         self.uploads.flush(FINAL_FLUSH_S)  # before the folder goes: a snapshot still queued must not lose its file
+        self.uploads.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
     def setup(self, config: TrainConfig, resume_from: Any) -> Trainer:

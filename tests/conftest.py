@@ -15,12 +15,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MARK, processes_with, promote, ray_start, search, stop_cluster, stop_processes, write_config
+from tests.helpers import (
+    MARK,
+    processes_with,
+    promote,
+    ray_current,
+    ray_start,
+    search,
+    stop_cluster,
+    stop_processes,
+    write_config,
+)
 from vae import data
 
-os.environ[MARK] = uuid.uuid4().hex
 os.environ["RAY_AUTH_MODE"] = "disabled"  # the suite's Ray head and the searches that join it agree
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ[MARK] = uuid.uuid4().hex  # last: see tests/test_cleanup.py
 
 
 def _marked_processes() -> list[int]:
@@ -129,10 +139,11 @@ def ray_head() -> str:
     Tests about Ray's own processes (a search's own local Ray, two nodes, a killed driver) start their own.
     """
     cluster = uuid.uuid4().hex
-    env = {**os.environ, "VAESEARCH_TEST_CLUSTER": cluster}
+    env = {**os.environ, "VAESEARCH_TEST_CLUSTER": cluster}  # last: see tests/test_cleanup.py
+    before = ray_current()
     address = ray_start(env, num_cpus=2)
     yield address
-    stop_cluster(cluster, address)
+    stop_cluster(cluster, address, before)
 
 
 @pytest.fixture(scope="session")

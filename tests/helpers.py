@@ -51,8 +51,14 @@ def stop_processes(pids: list[int], grace: float = 15.0) -> None:
             time.sleep(0.5)
 
 
+RAY_CURRENT = Path("/tmp/ray/ray_current_cluster")  # `ray start` writes its address there; `--address auto` reads it
+
+
 def ray_start(env: dict, num_cpus: int = 1, head_address: str | None = None) -> str:
-    """`ray start`: a head (returning its address) or, with `head_address`, a node that joins it."""
+    """`ray start`: a head (returning its address) or, with `head_address`, a node that joins it.
+
+    A head overwrites RAY_CURRENT; `stop_cluster` puts back what was there (a user's own cluster).
+    """
     import socket
 
     ray = str(Path(sys.executable).with_name("ray"))
@@ -69,60 +75,83 @@ def ray_start(env: dict, num_cpus: int = 1, head_address: str | None = None) -> 
     return address
 
 
-def stop_cluster(cluster: str, address: str) -> None:
-    """Stop the processes marked VAESEARCH_TEST_CLUSTER=`cluster`: `ray stop` would stop every Ray on the machine."""
-    import tempfile
-
+def stop_cluster(cluster: str, address: str, before: str | None) -> None:
+    """Stop the processes marked VAESEARCH_TEST_CLUSTER=`cluster` (`ray stop` would stop every Ray on the machine),
+    and put back RAY_CURRENT as it was `before` the cluster started (None: there was none)."""
     stop_processes(processes_with("VAESEARCH_TEST_CLUSTER", cluster), grace=3)  # Ray's own stop SIGKILLs after 5 s
-    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # `ray start` wrote it; `ray stop` would
-    if current.exists() and current.read_text().strip().endswith(":" + address.rpartition(":")[2]):
-        current.unlink()  # remove it: a dead cluster's address
+    if RAY_CURRENT.exists() and RAY_CURRENT.read_text().strip().endswith(":" + address.rpartition(":")[2]):
+        if before is None:
+            RAY_CURRENT.unlink()  # not a dead cluster's address left for `--address auto`
+        else:
+            RAY_CURRENT.write_text(before)
+
+
+def ray_current() -> str | None:
+    """What RAY_CURRENT holds now, to give `stop_cluster` as `before`."""
+    return RAY_CURRENT.read_text() if RAY_CURRENT.exists() else None
 
 
 def run_cli(
     *args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run `vaesearch` as a user would, in a subprocess (2-4 s of imports each: `cli` checks errors cheaper)."""
-    full_env = {**os.environ, **(env or {})}
+    """Run `vaesearch` as a user would, in a subprocess (2-4 s of imports each: `cli` checks errors cheaper).
+
+    `env` adds to this process's environment; a value of None removes the variable.
+    """
     return subprocess.run(
         [sys.executable, "-m", "search", *args],
         capture_output=True,
         text=True,
-        env=full_env,
+        env=with_env(env),
         timeout=timeout,
         cwd=cwd or REPO,
     )
 
 
+def with_env(env: dict | None) -> dict[str, str]:
+    """This process's environment with `env` added; a value of None removes that variable."""
+    merged = {**os.environ, **(env or {})}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `vaesearch` in this process: `main(argv)` with its output captured, as `run_cli` returns it.
 
-    The environment and working folder are put back afterwards, so what one call sets
-    (main sets MLflow's settings in os.environ) cannot leak into the next test.
-    For errors and analysis commands; a search runs in a subprocess, as its Ray driver must.
+    The environment (`env` as `run_cli` takes it), working folder and MLflow's process-wide
+    tracking URI are put back afterwards, so what one call sets cannot leak into the next test.
+    For errors and analysis commands; a search runs in a subprocess (`run_cli`), as its Ray driver must.
     """
     import contextlib
     import io
 
-    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    import search.tuner
     from search.cli import main
 
-    saved_env, saved_cwd, saved_uri = dict(os.environ), os.getcwd(), mlflow.get_tracking_uri()
+    def no_ray(*_: object, **__: object) -> None:
+        raise AssertionError("a search got as far as starting Ray inside pytest: run it with run_cli")
+
+    saved_env, saved_cwd, saved_uri = dict(os.environ), os.getcwd(), tracking_utils._tracking_uri
+    saved_ray_init, search.tuner.ray_init = search.tuner.ray_init, no_ray  # type: ignore[assignment]
     out, err = io.StringIO(), io.StringIO()
     try:
-        os.environ.update(env or {})
+        os.environ.clear()
+        os.environ.update(with_env({**saved_env, **(env or {})}))
         os.chdir(cwd or REPO)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(list(args))
             except SystemExit as e:  # argparse's own exits (a bad flag: 2; --help: 0)
-                code = e.code if isinstance(e.code, int) else 1
+                code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     finally:
+        search.tuner.ray_init = saved_ray_init
         os.chdir(saved_cwd)
+        # promote and sample set MLflow's URI, which MLflow also writes to os.environ: undo both, in that order
+        if tracking_utils._tracking_uri != saved_uri:
+            tracking_utils.set_tracking_uri(saved_uri)
         os.environ.clear()
         os.environ.update(saved_env)
-        mlflow.set_tracking_uri(saved_uri)  # promote and sample set MLflow's process-wide URI
     return subprocess.CompletedProcess(["vaesearch", *args], code, out.getvalue(), err.getvalue())
 
 
@@ -162,9 +191,11 @@ def search(
 ) -> subprocess.CompletedProcess:
     """`vaesearch search` against a given server and storage path, on the Ray at `address` (None: a Ray of its own)."""
     joined = ("--address", address) if address else ()
+    # the suite disables Ray's token auth for its head; a search of its own must do that by itself
+    env = None if address else {"RAY_AUTH_MODE": None}
     return run_cli(
         "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage),
-        *joined, *extra,
+        *joined, *extra, env=env,
     )  # fmt: skip
 
 

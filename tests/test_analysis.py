@@ -278,7 +278,7 @@ def test_the_registered_model_loads_as_the_readme_says(promoted: dict, mlflow_ur
 def test_grid_mode_needs_z_2_and_unknown_names_are_refused(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "z5.yaml",
-        space={"hidden": [8], "decoder": [1], "latent": [5]},
+        space={"hidden": [8], "decoder": [6], "latent": [5]},
         budget={"num_samples": 1, "max_epochs": 1, "max_concurrent": 1},
     )
     assert search(config, "z5", mlflow_url, tmp_path / "ray", address=ray_head).returncode == 0

@@ -62,6 +62,8 @@ def test_every_subcommand_refuses_bad_input_in_one_line(args: list[str], field: 
     [
         (["search", "--config", "nope.yaml"], "--config"),
         (["train", "--decoder", "9", "--hidden", "8", "--latent", "2"], "--decoder"),
+        (["data", "prepare", "--data-dir", "/etc/hostname"], "/etc/hostname"),
+        (["report", "--experiment", "x", "--tracking-uri", DEAD], "--tracking-uri"),
     ],
 )
 def test_the_console_script_itself_says_one_line(args: list[str], field: str, tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stopped_pytest_leaves_no_server_and_no_ray(signum: int, tmp_path: Path) -> None:
     probe, ready = uuid.uuid4().hex, tmp_path / "ready"
-    # every process the inner pytest starts inherits the probe, whatever mark its own conftest gives them
-    env = {**os.environ, "VAESEARCH_TEST_PROBE": probe, "VAESEARCH_TEST_READY": str(ready)}
+    # every process the inner pytest starts inherits the probe, whatever mark its own conftest gives them;
+    # last in the environment, where Ray's agents, whose process titles overwrite its start, still show it
+    env = {**os.environ, "VAESEARCH_TEST_READY": str(ready), "VAESEARCH_TEST_PROBE": probe}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/held_session.py"]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_able

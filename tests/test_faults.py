@@ -22,11 +22,13 @@ from mlflow_server import server
 from tests.helpers import (
     REPO,
     assert_one_line_error,
+    ray_current,
     ray_start,
     run_cli,
     search,
     started_by_the_suite,
     stop_cluster,
+    with_env,
     write_config,
 )
 
@@ -40,6 +42,8 @@ def start_search(
     cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", name,
            "--tracking-uri", url, "--storage-path", str(storage)]  # fmt: skip
     cmd += ["--address", address] if address else []
+    # the suite's head has token auth off; a search's own Ray must turn it off by itself, as for a user
+    env = with_env({**(env or {}), **({} if address else {"RAY_AUTH_MODE": None})})
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
@@ -137,10 +141,12 @@ def test_a_driver_killed_while_trials_are_pruned_resumes_to_exactly_num_samples(
     proc = start_search(config, "prune-kill", mlflow_url, tmp_path / "ray")
     client = MlflowClient(mlflow_url)
     try:
-        wait_until(
-            lambda: any(r.data.tags.get("end_state") == "pruned" for r in runs_of(client, "prune-kill")),
-            300, "a pruned trial", proc,
-        )  # fmt: skip
+
+        def pruned_and_another_under_way() -> bool:
+            runs = runs_of(client, "prune-kill")  # the parent, the pruned trial and at least one more
+            return any(r.data.tags.get("end_state") == "pruned" for r in runs) and len(runs) >= 4
+
+        wait_until(pruned_and_another_under_way, 300, "a pruned trial and another under way", proc)
         time.sleep(delay)  # while others are being pruned
         ended = {r.info.run_id: steps(client, r.info.run_id) for r in runs_of(client, "prune-kill")
                  if "end_state" in r.data.tags}  # fmt: skip
@@ -156,7 +162,7 @@ def test_a_driver_killed_while_trials_are_pruned_resumes_to_exactly_num_samples(
     optuna_state = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study.trials}
     for run in kids:
         state = run.data.tags.get("end_state")
-        assert state in OPTUNA_STATE, run.data.tags
+        assert state in {"completed", "early_stopped", "pruned"}, run.data.tags  # none failed by the kill
         for key in ("val_loss", "best_val_loss", "train_loss"):
             epochs = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(epochs) == len(set(epochs)), (key, epochs)  # no epoch logged twice
@@ -181,9 +187,9 @@ def test_the_tracking_server_gone_for_a_while_loses_nothing(own_server, ray_head
         wait_until(lambda: any(steps(client, r.info.run_id) for r in runs_of(client, "outage")
                                if "ray_trial_id" in r.data.tags), 240, "a first epoch", proc)  # fmt: skip
         server.stop(folder)
-        # with the stop and the start, an outage of about 15 s: longer than a request's own retry
-        # (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1) and than the search's longest back-off between tries (15 s)
-        time.sleep(8)
+        # with the stop and the start, an outage of 20 s or more: longer than a request's own retry
+        # (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1), and the search's back-off between tries reaches its 15 s cap
+        time.sleep(12)
         assert proc.poll() is None, "the search died while the server was away"
         server.start(folder, port=port)
         out, err = proc.communicate(timeout=600)
@@ -208,13 +214,13 @@ def two_nodes():
     """
     cluster = uuid.uuid4().hex
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VAESEARCH_TEST_CLUSTER": cluster}
-    address = ""
+    address, before = "", ray_current()
     try:
         address = ray_start(env)
         ray_start(env, head_address=address)
         yield address, env
     finally:
-        stop_cluster(cluster, address)
+        stop_cluster(cluster, address, before)
 
 
 def test_a_search_runs_trials_on_both_nodes_of_a_two_node_cluster(two_nodes, mlflow_url: str, tmp_path: Path) -> None:

@@ -1,9 +1,8 @@
-"""The search end to end: a real local Ray, a real MLflow server over HTTP, real MNIST."""
+"""The search end to end: a real Ray (the session's head, or a search's own), a real MLflow server, real MNIST."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.helpers import REPO, ctrl_c_able, run_cli, search, write_config
+from tests.helpers import REPO, ctrl_c_able, run_cli, search, with_env, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +106,8 @@ def test_searches_lists_the_search(finished: dict) -> None:
     assert row["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
 
 
-def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
+def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_path: Path) -> None:
+    """Ctrl-C as a user gives it, to a search with a Ray of its own (the default), then --resume."""
     config = write_config(
         tmp_path / "resume.yaml",
         space={"hidden": [8, 16, 24, 32], "decoder": [1, 6], "latent": [2, 3]},
@@ -116,9 +116,15 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, ray_he
         data={"subset": 512, "val_subset": 128},
     )
     cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", "resume",
-           "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray"), "--address", ray_head]  # fmt: skip
+           "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray")]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=ctrl_c_able
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=with_env({"RAY_AUTH_MODE": None}),
+        preexec_fn=ctrl_c_able,
     )
     client = MlflowClient(mlflow_url)
     deadline = time.monotonic() + 300
@@ -138,7 +144,7 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, ray_he
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in out
 
-    again = search(config, "resume", mlflow_url, tmp_path / "ray", "--resume", address=ray_head)
+    again = search(config, "resume", mlflow_url, tmp_path / "ray", "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     parent, kids = children(client, "resume")
     assert len(kids) == 5
@@ -258,8 +264,9 @@ def test_without_an_address_a_search_starts_its_own_ray_even_beside_a_dead_ray_s
     with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as ray_tmp:  # short: Ray's socket paths have a limit
         (Path(ray_tmp) / "ray").mkdir()
         (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{server.free_port()}")
+        own = {"RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": None}  # a Ray of its own turns token auth off by itself
         proc = run_cli("search", "--config", str(config), "--name", "own-ray", "--tracking-uri", mlflow_url,
-                       "--storage-path", str(tmp_path / "ray"), env={"RAY_TMPDIR": ray_tmp}, timeout=300)  # fmt: skip
+                       "--storage-path", str(tmp_path / "ray"), env=own, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ray: 1 node(s)" in proc.stdout
 

@@ -42,6 +42,14 @@ def test_a_write_that_keeps_failing_is_given_up_and_flush_returns() -> None:
     assert sender.lost == ["broken: ConnectionError"]
 
 
+def test_close_ends_the_thread_after_the_writes_before_it() -> None:
+    sender, done = Sender("test"), []
+    sender.submit("w", lambda: done.append(1))
+    sender.close()
+    sender._thread.join(timeout=10)
+    assert not sender._thread.is_alive() and done == [1]
+
+
 def test_image_names_pass_the_servers_path_check_unchanged_and_parse_as_the_ui_parses_them() -> None:
     """Every step and id: the server neither refuses the name nor stores it under another (a `#`, a `/`)."""
     rng = random.Random(0)
