@@ -48,7 +48,7 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Credentials for an MLflow server with auth reach trials through their environment, never as params;
     # so do the driver's settings that trials read, which a worker node's own environment would not have.
-    secrets = {k: v for k, v in os.environ.items() if k in CREDENTIALS + SETTINGS}
+    forwarded = {k: v for k, v in os.environ.items() if k in CREDENTIALS + SETTINGS}
     try:
         ray.init(
             # "local": a Ray of its own. None would join the last `ray start` cluster on this machine
@@ -57,7 +57,7 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
             include_dashboard=False,
             log_to_driver=verbose,
             configure_logging=False,
-            runtime_env={"env_vars": secrets} if secrets else None,
+            runtime_env={"env_vars": forwarded} if forwarded else None,
         )
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SearchError("address", f"cannot join a Ray cluster at {address}: {str(e).splitlines()[0]}") from None

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def stop_processes(pids: list[int], grace: float = 15.0) -> None:
             time.sleep(0.5)
 
 
-RAY_CURRENT = Path("/tmp/ray/ray_current_cluster")  # `ray start` writes its address there; `--address auto` reads it
+# `ray start` writes its address there; `--address auto` reads it
+RAY_CURRENT = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 
 
 def ray_start(env: dict, num_cpus: int = 1, head_address: str | None = None) -> str:
@@ -59,16 +61,14 @@ def ray_start(env: dict, num_cpus: int = 1, head_address: str | None = None) -> 
 
     A head overwrites RAY_CURRENT; `stop_cluster` puts back what was there (a user's own cluster).
     """
-    import socket
+    from mlflow_server.server import free_port
 
     ray = str(Path(sys.executable).with_name("ray"))
     common = ["--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     if head_address:
         cmd, address = [ray, "start", "--address", head_address, *common], head_address
     else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         address = f"127.0.0.1:{port}"
         cmd = [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
@@ -136,8 +136,9 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
     saved_ray_init, search.tuner.ray_init = search.tuner.ray_init, no_ray  # type: ignore[assignment]
     out, err = io.StringIO(), io.StringIO()
     try:
+        wanted = with_env(env)
         os.environ.clear()
-        os.environ.update(with_env({**saved_env, **(env or {})}))
+        os.environ.update(wanted)
         os.chdir(cwd or REPO)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -186,17 +187,24 @@ def write_config(path: Path, **sections: dict) -> Path:
     return path
 
 
+def search_args(config: Path, name: str, url: str, storage: Path, *extra: str, address: str | None = None) -> list[str]:
+    """`vaesearch search`'s arguments: a given server and storage path, on the Ray at `address` (None: its own)."""
+    joined = ["--address", address] if address else []
+    return ["search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage),
+            *joined, *extra]  # fmt: skip
+
+
+def search_env(address: str | None, env: dict | None = None) -> dict:
+    """`env` for a search (as `run_cli` takes it): the suite turns Ray's token auth off for its head,
+    a search with a Ray of its own must do that by itself, as for a user."""
+    return {**(env or {}), **({} if address else {"RAY_AUTH_MODE": None})}
+
+
 def search(
     config: Path, name: str, url: str, storage: Path, *extra: str, address: str | None = None
 ) -> subprocess.CompletedProcess:
-    """`vaesearch search` against a given server and storage path, on the Ray at `address` (None: a Ray of its own)."""
-    joined = ("--address", address) if address else ()
-    # the suite disables Ray's token auth for its head; a search of its own must do that by itself
-    env = None if address else {"RAY_AUTH_MODE": None}
-    return run_cli(
-        "search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage),
-        *joined, *extra, env=env,
-    )  # fmt: skip
+    """`vaesearch search` in a subprocess, to its end (`search_args`)."""
+    return run_cli(*search_args(config, name, url, storage, *extra, address=address), env=search_env(address))
 
 
 def promote(url: str, *extra: str) -> dict:

@@ -26,6 +26,8 @@ from tests.helpers import (
     ray_start,
     run_cli,
     search,
+    search_args,
+    search_env,
     started_by_the_suite,
     stop_cluster,
     with_env,
@@ -39,14 +41,11 @@ def start_search(
     config: Path, name: str, url: str, storage: Path, env: dict | None = None, address: str | None = None
 ) -> subprocess.Popen:
     """`vaesearch search` in the background, in a process group of its own (so a test can SIGKILL it all)."""
-    cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", name,
-           "--tracking-uri", url, "--storage-path", str(storage)]  # fmt: skip
-    cmd += ["--address", address] if address else []
-    # the suite's head has token auth off; a search's own Ray must turn it off by itself, as for a user
-    env = with_env({**(env or {}), **({} if address else {"RAY_AUTH_MODE": None})})
+    cmd = [sys.executable, "-m", "search", *search_args(config, name, url, storage, address=address)]
     return subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
-    )
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=with_env(search_env(address, env)),
+    )  # fmt: skip
 
 
 def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):

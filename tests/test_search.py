@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.helpers import REPO, ctrl_c_able, run_cli, search, with_env, write_config
+from tests.helpers import REPO, ctrl_c_able, run_cli, search, search_args, search_env, with_env, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -115,17 +115,11 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
         asha={"grace_period": 3, "reduction_factor": 2},
         data={"subset": 512, "val_subset": 128},
     )
-    cmd = [sys.executable, "-m", "search", "search", "--config", str(config), "--name", "resume",
-           "--tracking-uri", mlflow_url, "--storage-path", str(tmp_path / "ray")]  # fmt: skip
+    cmd = [sys.executable, "-m", "search", *search_args(config, "resume", mlflow_url, tmp_path / "ray")]
     proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=with_env({"RAY_AUTH_MODE": None}),
-        preexec_fn=ctrl_c_able,
-    )
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=with_env(search_env(None)), preexec_fn=ctrl_c_able,
+    )  # fmt: skip
     client = MlflowClient(mlflow_url)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait for one finished trial and a second one under way
@@ -264,9 +258,8 @@ def test_without_an_address_a_search_starts_its_own_ray_even_beside_a_dead_ray_s
     with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as ray_tmp:  # short: Ray's socket paths have a limit
         (Path(ray_tmp) / "ray").mkdir()
         (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{server.free_port()}")
-        own = {"RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": None}  # a Ray of its own turns token auth off by itself
-        proc = run_cli("search", "--config", str(config), "--name", "own-ray", "--tracking-uri", mlflow_url,
-                       "--storage-path", str(tmp_path / "ray"), env=own, timeout=300)  # fmt: skip
+        args = search_args(config, "own-ray", mlflow_url, tmp_path / "ray")
+        proc = run_cli(*args, env=search_env(None, {"RAY_TMPDIR": ray_tmp}), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ray: 1 node(s)" in proc.stdout
 
