@@ -33,7 +33,7 @@ class TrainConfig:
     search's `train:` section are derived from these fields and their docs.
     """
 
-    decoder: int = doc(1, "decoder id, 1-6, as in DESIGN.md's table (1 is the seed's base model)")
+    decoder: int = doc(1, "decoder id, 1-6: the seed's six decoders (1 is its base model)")
     hidden: int = doc(128, "LSTM hidden size H")
     latent: int = doc(2, "latent size Z")
     epochs: int = doc(50, "at most this many epochs; early stopping may end sooner")

@@ -271,5 +271,5 @@ def load(data_dir: Path | None = None, device: str | torch.device = "cpu") -> di
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], pixels / 255 as DESIGN.md says."""
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]: pixels / 255, continuous, not binarised."""
     return images.unsqueeze(1).to(torch.float32).div_(255.0)

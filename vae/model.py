@@ -1,6 +1,7 @@
 """The seed's VAE: an LSTM encoder over an image's 28 rows and six transposed-conv decoders.
 
-Decoder shapes follow DESIGN.md's table, which fixes the seed's shape errors.
+The decoders' shapes are the table `DECODERS` below: the seed report's text has shape errors (layers
+whose sizes do not chain to 28x28), and this table is the corrected one each decoder is built from.
 The decoder returns logits; a sigmoid is applied only when an image is drawn.
 """
 
