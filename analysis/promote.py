@@ -24,7 +24,7 @@ from vae.checkpoint import load_model
 from vae.config import TrainConfig
 from vae.evaluation import evaluate_split
 from vae.model import Generator
-from vae.records import KIND
+from vae.records import KIND, LATENT
 
 
 def _history_tag(alias: str) -> str:
@@ -151,7 +151,7 @@ def _measured(
         "test_loss": f"{test['loss']:.6f}",
         "iwae_test": f"{test['iwae']:.6f}",
         "iw_samples": str(iw_samples),
-        "latent": str(config.latent),
+        LATENT: str(config.latent),
         "config": json.dumps(config.to_dict()),
         **{k: v for k, v in search.parent.data.params.items() if k.startswith("md5_")},
     }

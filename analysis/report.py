@@ -22,7 +22,7 @@ from analysis.runs import LOGGED_AT, Search, Trial, combine, is_trials_csv, sour
 from vae.checkpoint import load_model
 from vae.figures import sample_grids
 from vae.loss import PER_BATCH
-from vae.records import DUPLICATE_OF, END_STATE, ENDED, METRICS
+from vae.records import DECODER, DUPLICATE_OF, END_STATE, ENDED, HIDDEN, LATENT, METRICS
 
 # The seed report's minimum validation losses (sums over a batch of 64), by (hidden, decoder, latent):
 # Table 1 (decoder 1, Z=2, by H), Table 2 (H=128, Z=2, by decoder), Table 3 (H=128, decoder 6, by Z).
@@ -40,7 +40,7 @@ SEED_REPORT: dict[tuple[int, int, int], list[tuple[str, float]]] = {
     (128, 6, 20): [("Table 3", 5939.02)],
 }
 
-GROUPS = (("hidden", "hidden size H"), ("decoder", "decoder id"), ("latent", "latent size Z"))
+GROUPS = ((HIDDEN, "hidden size H"), (DECODER, "decoder id"), (LATENT, "latent size Z"))
 MODEL_PARAMS = tuple(param for param, _ in GROUPS)
 
 
@@ -192,7 +192,7 @@ def _grids(client: MlflowClient | None, trial: Trial, out: Path, prefix: str) ->
 
 def samples_by_latent(client: MlflowClient | None, trials: list[Trial], out: Path) -> list[str]:
     """The seed's Figures 5-7 where a search varied Z: each latent size's best model, sampled alike."""
-    groups = best_by(trials, "latent")
+    groups = best_by(trials, LATENT)
     if len(groups) < 2:  # one latent size: the best run's grids above are the whole story
         return []
     lines = [

@@ -16,8 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from analysis.runs import LOGGED_AT, AnalysisError, Search, Trial
-
-SEARCHED = ("hidden", "decoder", "latent", "lr", "batch_size")
+from vae.records import LR, SEARCHED, EndState, rung_epochs
 
 
 def searched_params(search: Search) -> list[str]:
@@ -42,7 +41,7 @@ def study_of(search: Search) -> optuna.Study:
         distributions: dict[str, optuna.distributions.BaseDistribution] = {
             p: (
                 optuna.distributions.FloatDistribution(min(values[p]), max(values[p]), log=True)
-                if p == "lr"
+                if p == LR
                 else optuna.distributions.CategoricalDistribution(values[p])
             )
             for p in params
@@ -122,7 +121,7 @@ def best_so_far(search: Search) -> list[tuple[int, float]]:
                 continue
             if LOGGED_AT not in row:
                 raise AnalysisError("experiment", f"{search.name}: epochs with no time they were logged at")
-            events.append((row[LOGGED_AT], row["val_loss"], t.end_state != "failed"))
+            events.append((row[LOGGED_AT], row["val_loss"], t.end_state != EndState.FAILED))
     curve, best = [], math.inf
     for i, (_, value, counts) in enumerate(sorted(events), start=1):
         if counts and math.isfinite(value):
@@ -150,11 +149,7 @@ def asha_rungs(search: Search) -> list[tuple[int, int, int]]:
     config: dict[str, Any] = search.config
     if config.get("scheduler", "asha") != "asha" or "asha" not in config:
         return []
-    grace, factor = config["asha"]["grace_period"], config["asha"]["reduction_factor"]
-    max_epochs = config["budget"]["max_epochs"]
-    rungs, epoch = [], grace
-    while epoch < max_epochs:
-        rungs.append(math.ceil(epoch))
-        epoch *= factor
-    epochs = [t.epochs for t in search.trials if t.end_state != "failed"]
-    return [(r, sum(e >= r for e in epochs), sum(e > r for e in epochs)) for r in sorted(set(rungs))]
+    asha = config["asha"]
+    rungs = rung_epochs(config["budget"]["max_epochs"], asha["grace_period"], asha["reduction_factor"])
+    epochs = [t.epochs for t in search.trials if t.end_state != EndState.FAILED]
+    return [(r, sum(e >= r for e in epochs), sum(e > r for e in epochs)) for r in rungs]

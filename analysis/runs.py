@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from vae import records
 from vae.errors import UserError
-from vae.records import DUPLICATE_OF, END_STATE, KIND, METRICS, PARENT_TAG, RANKED_BY
+from vae.records import DUPLICATE_OF, END_STATE, KIND, METRICS, MODEL_PARAMS, PARENT_TAG, RANKED_BY
 
 
 class AnalysisError(UserError):
@@ -55,7 +55,8 @@ class Trial:
 
     @property
     def key(self) -> tuple[int, int, int]:
-        return int(self.params["hidden"]), int(self.params["decoder"]), int(self.params["latent"])
+        hidden, decoder, latent = (int(self.params[p]) for p in MODEL_PARAMS)
+        return hidden, decoder, latent
 
     @property
     def rankable(self) -> bool:
@@ -136,7 +137,7 @@ def search_from_csv(path: Path) -> Search:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise AnalysisError("experiment", f"cannot read {path}: {err}") from None
-    needed = {"run_id", "name", "hidden", "decoder", "latent", "epoch", "val_loss", END_STATE, DUPLICATE_OF}
+    needed = {"run_id", "name", *MODEL_PARAMS, "epoch", "val_loss", END_STATE, DUPLICATE_OF}
     if not rows or not needed <= set(rows[0]):
         raise AnalysisError("experiment", f"{path} is not a trials.csv written by `vaesearch report`")
     params = [k for k in rows[0] if k not in {"run_id", "name", END_STATE, DUPLICATE_OF, "epoch", LOGGED_AT, *METRICS}]

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.runs import AnalysisError
 from vae.figures import manifold_latents, prior_latents, save_grid
+from vae.records import LATENT
 
 
 def model_version(client: MlflowClient, model_uri: str):
@@ -31,7 +32,7 @@ def model_version(client: MlflowClient, model_uri: str):
 def sample(client: MlflowClient, model_uri: str, out: Path, mode: str = "random", seed: int = 0) -> Path:
     """grid: a 10x10 walk over z in [-1, 1]^2 (Z=2 only); random: 100 draws from N(0, I)."""
     version = model_version(client, model_uri)
-    latent = int(version.tags.get("latent", 0))
+    latent = int(version.tags.get(LATENT, 0))
     if mode == "grid" and latent != 2:
         raise AnalysisError("mode", f"grid needs a model with Z=2; {model_uri} has Z={latent}; use `mode` random")
     mlflow.set_tracking_uri(client.tracking_uri)

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vae.loss import neg_elbo
 from vae.model import DECODERS, VAE
 from vae.precision import bf16_support
+from vae.records import DECODER, HIDDEN
 from vae.train import adam
 
 BATCH = 64
@@ -81,8 +82,8 @@ def measure(decoder: int, hidden: int, latent: int, precision: str, seconds: flo
         steps += 1
     rate = steps * BATCH / (time.perf_counter() - start)
     return {
-        "decoder": decoder,
-        "hidden": hidden,
+        DECODER: decoder,
+        HIDDEN: hidden,
         "precision": precision,
         "images_per_s": rate,
         "mflop_per_image": flops / 1e6,

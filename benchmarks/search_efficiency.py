@@ -30,19 +30,15 @@ from search.tracking import Tracker
 from search.trainable import train_trial
 from search.tuner import result_files, scheduler
 from vae import data
+from vae.records import DECODER, HIDDEN, LATENT
 
-SPACE = {"hidden": [32, 64, 128, 256], "decoder": [1, 2, 3, 5, 6], "latent": [2, 5, 10, 20]}
+SPACE = {HIDDEN: [32, 64, 128, 256], DECODER: [1, 2, 3, 5, 6], LATENT: [2, 5, 10, 20]}
 
 
 def fixed_configs(n: int, seed: int) -> list[dict]:
     """n distinct configs drawn once from SPACE, the same list for both schedulers."""
     rng = random.Random(seed)
-    every = [
-        {"hidden": h, "decoder": d, "latent": z}
-        for h in SPACE["hidden"]
-        for d in SPACE["decoder"]
-        for z in SPACE["latent"]
-    ]
+    every = [{HIDDEN: h, DECODER: d, LATENT: z} for h in SPACE[HIDDEN] for d in SPACE[DECODER] for z in SPACE[LATENT]]
     return rng.sample(every, n)
 
 

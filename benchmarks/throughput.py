@@ -29,9 +29,10 @@ from vae.config import TrainConfig
 from vae.loss import neg_elbo
 from vae.model import VAE
 from vae.precision import bf16_support
+from vae.records import DECODER, HIDDEN, LATENT, MODEL_PARAMS
 from vae.train import Trainer, resolve_device, set_seed
 
-BASE = {"decoder": 1, "hidden": 128, "latent": 2}
+BASE = {DECODER: 1, HIDDEN: 128, LATENT: 2}
 
 
 def ours(
@@ -51,7 +52,7 @@ def reference(n: int, device: torch.device, data_dir, model: dict = BASE) -> tup
         datasets.MNIST(str(data_dir), train=True, download=False, transform=transforms.ToTensor()), range(n)
     )
     loader = DataLoader(dataset, batch_size=64, shuffle=True)
-    vae = VAE(model["decoder"], model["hidden"], model["latent"]).to(device)
+    vae = VAE(model[DECODER], model[HIDDEN], model[LATENT]).to(device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
 
     def one_pass() -> tuple[float, float]:
@@ -89,9 +90,8 @@ def agreement(epochs: int, n: int, device: torch.device, splits: dict, model: di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000)
-    parser.add_argument("--decoder", type=int, default=BASE["decoder"])
-    parser.add_argument("--hidden", type=int, default=BASE["hidden"])
-    parser.add_argument("--latent", type=int, default=BASE["latent"])
+    for name in MODEL_PARAMS:
+        parser.add_argument(f"--{name}", type=int, default=BASE[name])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--agreement-epochs", type=int, default=3, help="epochs of the fp32/bf16 loss check")
@@ -104,7 +104,7 @@ def main() -> None:
     data.prepare(data_dir, log=lambda m: None)
     splits = data.load(data_dir, device)
 
-    model = {"decoder": args.decoder, "hidden": args.hidden, "latent": args.latent}
+    model = {name: getattr(args, name) for name in MODEL_PARAMS}
     ref_rate, ref_loss = reference(n, device, data_dir, model)
     our_rate, our_loss = ours(n, device, splits, model=model)
     bf16_native, why = bf16_support(device.type)

@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search.tracking import Sender, Tracker
-from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, METRICS, TRIAL_ID
+from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, METRICS, TRIAL_ID, EndState
 
 BUDGET_SPENT = "stopped: the search's epoch budget was spent"
 
@@ -62,9 +62,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if result and _measured(result):  # the last value, which Ray withholds from on_trial_result when it stops
             self._report(trial_id, result)
         end_state = (result or {}).get(END_STATE)
-        if error or not result or end_state in ("completed", "early_stopped"):
+        if error or not result or end_state in (EndState.COMPLETED, EndState.EARLY_STOPPED):
             return super().on_trial_complete(trial_id, result, error)
-        state = TrialState.FAIL if end_state in ("failed", "killed") else TrialState.PRUNED
+        state = TrialState.FAIL if end_state in (EndState.FAILED, EndState.KILLED) else TrialState.PRUNED
         assert self._ot_study is not None  # set once the searcher has its space
         self._ot_study.tell(self._ot_trials[trial_id], state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
@@ -192,10 +192,10 @@ class TrackingCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         state, reason = end_of(trial, self.fail_fast)
         self.fail_fast.trial_ended(reason if ERROR_TYPE in (trial.last_result or {}) else None)
-        self._end(trial, state, reason, "FAILED" if state in ("failed", "killed") else "FINISHED")
+        self._end(trial, state, reason, "FAILED" if state in (EndState.FAILED, EndState.KILLED) else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "failed", _error_line(trial), "FAILED")
+        self._end(trial, EndState.FAILED, _error_line(trial), "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.sender.flush(timeout=600)
@@ -207,16 +207,16 @@ def end_of(trial: Any, stopper: SearchStopper) -> tuple[str, str]:
     if last.get(END_STATE):
         return last[END_STATE], last.get(END_REASON, "")
     if stopper.reason:
-        return "killed", f"search stopped: {stopper.reason}"
+        return EndState.KILLED, f"search stopped: {stopper.reason}"
     if stopper.spent:
         return budget_cut(stopper.max_total_epochs, last.get("epoch"))
-    return "pruned", f"stopped by ASHA after epoch {last.get('epoch')}"
+    return EndState.PRUNED, f"stopped by ASHA after epoch {last.get('epoch')}"
 
 
 def budget_cut(max_total_epochs: int | None, epoch: Any = None) -> tuple[str, str]:
     """(end_state, end_reason) of a trial the epoch budget stopped: pruned, as ASHA's cuts, in MLflow as in Optuna."""
     after = f" after epoch {epoch}" if epoch is not None else ""
-    return "pruned", f"{BUDGET_SPENT} ({max_total_epochs} epochs){after}"
+    return EndState.PRUNED, f"{BUDGET_SPENT} ({max_total_epochs} epochs){after}"
 
 
 def _error_line(trial: Any) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vae.errors import UserError
+from vae.records import MODEL_PARAMS  # `train` requires these; the other fields have defaults
 
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -41,9 +42,6 @@ def _int_at_least(low: int):
     return parse
 
 
-MODEL_FIELDS = ("decoder", "hidden", "latent")  # `train` requires these; the other fields have defaults
-
-
 def _add_train_config(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, typed and documented by the field; TrainConfig checks the values."""
     import dataclasses
@@ -57,7 +55,7 @@ def _add_train_config(parser: argparse.ArgumentParser) -> None:
         kind = hints[f.name]
         parse = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
         help_text = f.metadata["doc"] + ("" if f.default is None else f" (default {f.default})")
-        group, required = (model, True) if f.name in MODEL_FIELDS else (training, False)
+        group, required = (model, True) if f.name in MODEL_PARAMS else (training, False)
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             type=parse,
@@ -258,6 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vae.config import TrainConfig
     from vae.files import file_in_the_way
     from vae.precision import resolve_precision
+    from vae.records import EndState
     from vae.train_folder import train_to_folder
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -282,7 +281,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.experiment, out.resolve(), config.to_dict(), str(result.stop), result.reason
         )
         print(f"logged to MLflow: experiment {args.experiment}, run {run_id}")
-    return 1 if result.stop == "failed" else 0
+    return 1 if result.stop == EndState.FAILED else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

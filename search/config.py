@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from vae.config import ConfigError, TrainConfig
 from vae.errors import UserError
 from vae.model import DECODERS
+from vae.records import BATCH_SIZE, DECODER, LR, MODEL_PARAMS, SEARCHED
 
 
 class SearchError(UserError):
@@ -75,7 +76,7 @@ class Space(_Strict):
     lr: FloatRange | None = None
     batch_size: IntRange | None = None
 
-    @field_validator("decoder")
+    @field_validator(DECODER)
     @classmethod
     def _known_decoders(cls, ids: list[int]) -> list[int]:
         for i in ids:
@@ -83,7 +84,7 @@ class Space(_Strict):
                 raise ValueError(f"decoder ids must be in {min(DECODERS)}..{max(DECODERS)}, got {i!r}")
         return ids
 
-    @field_validator("hidden", "latent", "decoder")
+    @field_validator(*MODEL_PARAMS)
     @classmethod
     def _distinct(cls, values: list[int]) -> list[int]:
         if len(set(values)) != len(values):
@@ -93,7 +94,7 @@ class Space(_Strict):
 
 # TrainConfig's fields that a search's `train:` section sets for every trial; the others come from
 # `space` (sampled), `budget.max_epochs` and `data`.
-TRAIN_KEYS = ("batch_size", "lr", "patience", "seed", "precision")
+TRAIN_KEYS = (BATCH_SIZE, LR, "patience", "seed", "precision")
 
 
 def _train_section() -> type[BaseModel]:
@@ -198,7 +199,7 @@ class SearchConfig(_Strict):
 
     @model_validator(mode="after")
     def _points_in_space(self) -> SearchConfig:
-        keys = [k for k in ("hidden", "decoder", "latent", "lr", "batch_size") if getattr(self.space, k) is not None]
+        keys = [k for k in SEARCHED if getattr(self.space, k) is not None]
         for i, point in enumerate(self.points):
             if sorted(point) != sorted(keys):
                 raise _FieldError(f"points.{i}", f"must give exactly {', '.join(keys)}, got {sorted(point)}")

@@ -13,7 +13,7 @@ from typing import Any
 from ray import tune
 
 from search.callbacks import BUDGET_SPENT, SearchStopper, end_of
-from vae.records import DUPLICATE_OF
+from vae.records import DUPLICATE_OF, END_STATE, RANKED_BY, EndState, rankable
 
 PROGRESS_EVERY_S = 30.0
 
@@ -25,6 +25,11 @@ def _duration(seconds: float) -> str:
 
 def _values(config: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
+
+
+def _duplicate(result: dict[str, Any]) -> dict[str, str]:
+    """A replayed trial's duplicate tag, as its run holds it: the ranking leaves replays out."""
+    return {DUPLICATE_OF: result[DUPLICATE_OF]} if result.get(DUPLICATE_OF) else {}
 
 
 class Console(tune.Callback):
@@ -58,7 +63,7 @@ class Console(tune.Callback):
         self.say(f"trial {trial.trial_id} lost its worker; Ray retries it from its last checkpoint")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.ends[trial.trial_id] = "failed"
+        self.ends[trial.trial_id] = EndState.FAILED
         self.say(f"trial {trial.trial_id} failed for good after Ray's retries (see its run's end_reason)")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -68,14 +73,14 @@ class Console(tune.Callback):
         epoch, best = last.get("epoch"), last.get("best_val_loss")
         loss = f"best {best:.2f}" if isinstance(best, float) and math.isfinite(best) else "no loss"
         replay = " (replayed a duplicate)" if last.get(DUPLICATE_OF) else ""
-        lines = {
-            "pruned": f"{reason}, {loss}"
+        lines: dict[str, str] = {
+            EndState.PRUNED: f"{reason}, {loss}"
             if reason.startswith(BUDGET_SPENT)
             else f"pruned by ASHA at epoch {epoch}, {loss}",
-            "early_stopped": f"early stopped at epoch {epoch}, {loss}",
-            "completed": f"completed {epoch} epochs, {loss}",
-            "failed": f"failed: {reason}",
-            "killed": f"stopped: {reason}",
+            EndState.EARLY_STOPPED: f"early stopped at epoch {epoch}, {loss}",
+            EndState.COMPLETED: f"completed {epoch} epochs, {loss}",
+            EndState.FAILED: f"failed: {reason}",
+            EndState.KILLED: f"stopped: {reason}",
         }
         self.say(f"trial {trial.trial_id} {lines.get(state, state)}{replay}")
 
@@ -91,21 +96,21 @@ class Console(tune.Callback):
         done = len(states)
         running = sum(t.status == "RUNNING" for t in trials)
         losses = [
-            t.last_result["best_val_loss"]
+            last[RANKED_BY]
             for t in trials
-            if self.ends.get(t.trial_id) not in ("failed", "killed")
-            and isinstance((t.last_result or {}).get("best_val_loss"), float)
-            and math.isfinite(t.last_result["best_val_loss"])
-        ]
+            if rankable({END_STATE: self.ends.get(t.trial_id, ""), **_duplicate(last := t.last_result or {})},
+                        last.get(RANKED_BY))
+        ]  # fmt: skip
         best = f"best {min(losses):.2f}" if losses else "no best yet"
         epochs = len(self.stopper.trained)
         budget = self.stopper.max_total_epochs
         spent = f", {epochs}/{budget} epochs of the budget" if budget else ""
         left = self.time_to_go(elapsed, done, epochs)
         to_go = f", about {_duration(left)} to go" if left is not None else ""
+        pruned, failed = states.count(EndState.PRUNED), states.count(EndState.FAILED)
         return (
-            f"progress: {done}/{self.num_samples} trials done ({running} running, {states.count('pruned')} pruned, "
-            f"{states.count('failed')} failed){spent}, {best}, {_duration(elapsed)} elapsed{to_go}"
+            f"progress: {done}/{self.num_samples} trials done ({running} running, {pruned} pruned, "
+            f"{failed} failed){spent}, {best}, {_duration(elapsed)} elapsed{to_go}"
         )
 
     def time_to_go(self, elapsed: float, done: int, epochs: int) -> float | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from search.tracking import Tracker
 from vae import checkpoint
-from vae.records import END_REASON, END_STATE, TRIAL_ID
+from vae.records import END_REASON, END_STATE, TRIAL_ID, EndState
 
 
 def trial_id_of(result: Any) -> str | None:
@@ -41,7 +41,7 @@ def reconcile(tracker: Tracker, grid: Any) -> None:
 
 
 def end_unfinished(
-    tracker: Tracker, experiment_id: str, parent: str, reason: str, terminate: bool = True, state: str = "killed"
+    tracker: Tracker, experiment_id: str, parent: str, reason: str, terminate: bool = True, state: str = EndState.KILLED
 ) -> None:
     """Tag `state` (killed, or pruned for an epoch budget's cut) on every child run that has no end state.
 
@@ -51,7 +51,7 @@ def end_unfinished(
         if END_STATE not in run.data.tags:
             tracker.set_tags(run.info.run_id, {END_STATE: state, END_REASON: reason})
             if terminate:
-                tracker.finish(run.info.run_id, "KILLED" if state == "killed" else "FINISHED")
+                tracker.finish(run.info.run_id, "KILLED" if state == EndState.KILLED else "FINISHED")
 
 
 def adopt_optuna_ends(tracker: Tracker, experiment_id: str, parent: str, study: Any) -> None:
@@ -62,11 +62,11 @@ def adopt_optuna_ends(tracker: Tracker, experiment_id: str, parent: str, study: 
     """
     from optuna.trial import TrialState
 
-    states = {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    states = {TrialState.PRUNED: EndState.PRUNED, TrialState.FAIL: EndState.FAILED}
     told = {t.user_attrs.get(TRIAL_ID): states[t.state] for t in study.trials if t.state in states}
     for run in tracker.children(experiment_id, parent):
         state = told.get(run.data.tags.get(TRIAL_ID))
-        if state and run.data.tags.get(END_STATE) in (None, "killed"):
+        if state and run.data.tags.get(END_STATE) in (None, EndState.KILLED):
             reason = f"{state} before the driver was lost (Optuna's record)"
             tracker.set_tags(run.info.run_id, {END_STATE: state, END_REASON: reason})
 

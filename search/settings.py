@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from search.config import SearchConfig
 from vae.config import TrainConfig
-
-
-def rung_epochs(max_epochs: int, grace_period: int, reduction_factor: float) -> tuple[int, ...]:
-    """The epochs at which ASHA may stop a trial (its milestones, as whole epochs), as Ray computes them."""
-    rungs = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1)
-    return tuple(sorted({math.ceil(grace_period * reduction_factor**k) for k in range(rungs)}))
+from vae.records import rung_epochs
 
 
 @dataclass(frozen=True)
@@ -29,7 +23,7 @@ class TrialSettings:
     data_dir: Path
     samples_every: int  # sample grids every this many epochs (and at every rung, and at the end)
     system_metrics_s: float  # MLflow system metrics every this many seconds; 0: off
-    rung_epochs: tuple[int, ...]  # where ASHA may stop a trial: its last epoch there needs its grids
+    rung_epochs: tuple[int, ...]  # where ASHA may stop a trial early: its last epoch there needs its grids
     cpus: float
     gpus: float
 

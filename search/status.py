@@ -9,7 +9,7 @@ from search.config import SearchError
 from search.state import saved_searches, searches_root
 from search.tracking import Tracker
 from vae import records
-from vae.records import END_STATE, ENDED, RANKED_BY
+from vae.records import END_STATE, ENDED, RANKED_BY, EndState
 
 
 def list_searches(storage_path: str | None, tracking_uri: str | None) -> list[dict[str, Any]]:
@@ -35,8 +35,8 @@ def list_searches(storage_path: str | None, tracking_uri: str | None) -> list[di
             target=state.config["budget"]["num_samples"],
             done=sum(states[s] for s in ENDED),
             running=states["running"],
-            pruned=states["pruned"],
-            failed=states["failed"],
+            pruned=states[EndState.PRUNED],
+            failed=states[EndState.FAILED],
             best_val_loss=best.data.metrics[RANKED_BY] if best else None,
         )
         rows.append(row)

@@ -33,6 +33,7 @@ from vae.records import (
     REPLAYABLE_STATES,
     SEARCH_TAG,
     TRIAL_ID,
+    EndState,
     epoch_rows,
 )
 
@@ -332,5 +333,5 @@ class Tracker:
             if (folder / name).exists():
                 self.log_artifact(run_id, folder / name)
         self.set_tags(run_id, {END_STATE: state, END_REASON: reason})
-        self.finish(run_id, "FAILED" if state == "failed" else "FINISHED")
+        self.finish(run_id, "FAILED" if state == EndState.FAILED else "FINISHED")
         return run_id

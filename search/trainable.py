@@ -27,7 +27,7 @@ from vae import data
 from vae.config import TrainConfig
 from vae.figures import grid_pixels, grids
 from vae.precision import resolve_precision
-from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE
+from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, EndState
 from vae.train import EpochResult, Trainer
 
 REPORT_FLUSH_S = 2.0  # wait this long at most for artifacts before each report (a pruned trial stops after it)
@@ -84,7 +84,7 @@ def _child_run(tracker: Tracker, settings: TrialSettings, sampled: dict[str, Any
 def _ended_before(tracker: Tracker, run_id: str) -> bool:
     """A run that ended before the driver was lost (which Ray's saved state may not know) reports its end at once."""
     ended = patiently(lambda: tracker.end_of(run_id), "reading how this trial ended")
-    if not ended or ended[0] == "killed":
+    if not ended or ended[0] == EndState.KILLED:
         return False
     rows = patiently(lambda: tracker.history(run_id), "this trial's history")
     last = rows[-1] if rows else {"epoch": 0, "best_val_loss": math.inf}
@@ -229,7 +229,7 @@ class _Trial:
         self.uploads.submit("error.txt", lambda: self.tracker.log_artifact(self.run_id, path))
         patiently(lambda: self.tracker.set_tags(self.run_id, {ERROR_TYPE: type(error).__name__}), "tagging the error")
         self.uploads.flush(FINAL_FLUSH_S)
-        self.report({END_STATE: "failed", END_REASON: reason, ERROR_TYPE: type(error).__name__})
+        self.report({END_STATE: EndState.FAILED, END_REASON: reason, ERROR_TYPE: type(error).__name__})
 
 
 def _upload_once(tracker: Tracker, run_id: str, path: Path, artifact_dir: str) -> None:

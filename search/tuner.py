@@ -29,7 +29,7 @@ from search.settings import TrialSettings
 from search.state import SearchState, checked_root, study_url
 from search.tracking import Tracker
 from vae import data
-from vae.records import RANKED_BY
+from vae.records import BATCH_SIZE, LR, MODEL_PARAMS, RANKED_BY, EndState
 
 METRIC, MODE = RANKED_BY, "min"
 
@@ -47,15 +47,11 @@ def space_spec(cfg: SearchConfig) -> dict[str, Any]:
     """The search space as Optuna distributions, one literal logged verbatim with the parent run."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    space: dict[str, Any] = {
-        "hidden": CategoricalDistribution(cfg.space.hidden),
-        "decoder": CategoricalDistribution(cfg.space.decoder),
-        "latent": CategoricalDistribution(cfg.space.latent),
-    }
+    space: dict[str, Any] = {name: CategoricalDistribution(getattr(cfg.space, name)) for name in MODEL_PARAMS}
     if cfg.space.lr:
-        space["lr"] = FloatDistribution(cfg.space.lr.low, cfg.space.lr.high, log=cfg.space.lr.log)
+        space[LR] = FloatDistribution(cfg.space.lr.low, cfg.space.lr.high, log=cfg.space.lr.log)
     if cfg.space.batch_size:
-        space["batch_size"] = IntDistribution(
+        space[BATCH_SIZE] = IntDistribution(
             cfg.space.batch_size.low, cfg.space.batch_size.high, log=cfg.space.batch_size.log
         )
     return space
@@ -287,9 +283,9 @@ def _after(
 
         state, reason = budget_cut(cfg.budget.max_total_epochs)
     else:
-        state, reason = "killed", f"the search's {budget} budget ran out"
+        state, reason = EndState.KILLED, f"the search's {budget} budget ran out"
     end_unfinished(tracker, experiment_id, parent, reason, state=state)
-    end_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)), pruned=state == "pruned")
+    end_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)), pruned=state == EndState.PRUNED)
     reconcile(tracker, grid)
     removed = prune_unknown_runs(tracker, experiment_id, parent, {trial_id_of(r) for r in grid})
     if removed:

@@ -9,6 +9,7 @@ from typing import Any
 
 from vae.errors import UserError
 from vae.model import DECODERS
+from vae.records import BATCH_SIZE, DECODER, HIDDEN, LATENT, LR
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -51,14 +52,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
-            raise ConfigError("decoder", f"must be one of {min(DECODERS)}..{max(DECODERS)}", self.decoder)
-        for name in ("hidden", "latent", "epochs", "batch_size", "patience"):
+            raise ConfigError(DECODER, f"must be one of {min(DECODERS)}..{max(DECODERS)}", self.decoder)
+        for name in (HIDDEN, LATENT, "epochs", BATCH_SIZE, "patience"):
             _positive_int(name, getattr(self, name))
         for name in ("subset", "val_subset"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < math.inf:
-            raise ConfigError("lr", "must be a finite number > 0", self.lr)
+            raise ConfigError(LR, "must be a finite number > 0", self.lr)
         if self.precision not in PRECISIONS:
             raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:

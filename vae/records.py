@@ -9,7 +9,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from enum import StrEnum
 from typing import Any, TypeVar
+
+# The searched parameters, by the names Optuna samples, MLflow logs as params and analysis reads back.
+HIDDEN, DECODER, LATENT, LR, BATCH_SIZE = "hidden", "decoder", "latent", "lr", "batch_size"
+MODEL_PARAMS = (HIDDEN, DECODER, LATENT)  # the model's shape: every search samples these
+SEARCHED = (*MODEL_PARAMS, LR, BATCH_SIZE)  # all a search may sample, in the order reports show them
+
+
+class EndState(StrEnum):
+    """How a trial ended: its run's `end_state` tag, its last Tune report's, the Console's word."""
+
+    COMPLETED = "completed"  # trained its epochs
+    EARLY_STOPPED = "early_stopped"  # no better validation loss for `patience` epochs
+    PRUNED = "pruned"  # stopped by ASHA at a rung, or cut as ASHA would by the epoch budget
+    FAILED = "failed"  # training raised, or the loss diverged to inf/NaN
+    KILLED = "killed"  # stopped from outside before it ran its course: a time budget, fail-fast, an interrupt
+
 
 # The per-epoch metrics, by the names used everywhere: metrics.csv, Tune reports, MLflow.
 METRICS = ("train_loss", "train_kl", "val_loss", "val_recon", "val_kl", "best_val_loss", "epoch_seconds")
@@ -25,7 +42,7 @@ CONFIG_KEY = "config_key"  # a trial's sampled values as canonical JSON: equal k
 END_STATE, END_REASON = "end_state", "end_reason"  # how and why a trial ended
 ERROR_TYPE = "error_type"  # on a run whose training raised: the exception's class
 DUPLICATE_OF = "duplicate_of"  # on a run that replayed a finished twin instead of training
-ENDED = ("completed", "early_stopped", "pruned", "failed")  # end states of a trial that ran its course
+ENDED = (EndState.COMPLETED, EndState.EARLY_STOPPED, EndState.PRUNED, EndState.FAILED)  # ran its course
 REPLAYABLE_STATES = ENDED  # a twin in one of these has a history a duplicate can replay (failed: diverged)
 
 T = TypeVar("T")
@@ -34,7 +51,18 @@ T = TypeVar("T")
 def rankable(tags: Mapping[str, str], best_val_loss: float | None) -> bool:
     """In the ranking: not failed, not a replay of another trial, a finite best loss."""
     finite = isinstance(best_val_loss, (int, float)) and math.isfinite(best_val_loss)
-    return finite and tags.get(END_STATE) != "failed" and not tags.get(DUPLICATE_OF)
+    return finite and tags.get(END_STATE) != EndState.FAILED and not tags.get(DUPLICATE_OF)
+
+
+def rung_epochs(max_epochs: int, grace_period: int, reduction_factor: float) -> tuple[int, ...]:
+    """The epochs at which ASHA may stop a trial early, as Ray's AsyncHyperBand computes its milestones.
+
+    Ray checks a milestone m once a trial reports epoch >= m, so a fractional one is met at its ceiling.
+    A milestone at max_epochs is left out: every trial stops there anyway, none is judged.
+    """
+    count = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1)
+    milestones = {math.ceil(grace_period * reduction_factor**k) for k in range(count)}
+    return tuple(sorted(m for m in milestones if m < max_epochs))
 
 
 def best(runs: Iterable[T], tags: Callable[[T], Mapping[str, str]], loss: Callable[[T], float | None]) -> T | None:

@@ -25,6 +25,7 @@ from vae.evaluation import evaluate
 from vae.loss import neg_elbo
 from vae.model import VAE
 from vae.precision import resolve_precision
+from vae.records import EndState
 
 DIVERGED = "loss diverged"  # how a non-finite loss's end reason begins
 
@@ -141,11 +142,11 @@ class Trainer:
             return None, ""
         last = self.history[-1]
         if not all(math.isfinite(last[k]) for k in ("train_loss", "val_loss")):
-            return "failed", f"{DIVERGED} to {last['train_loss']} (train) / {last['val_loss']} (val)"
+            return EndState.FAILED, f"{DIVERGED} to {last['train_loss']} (train) / {last['val_loss']} (val)"
         if self.epochs_since_best >= self.config.patience:
-            return "early_stopped", f"no lower validation loss for {self.config.patience} epochs"
+            return EndState.EARLY_STOPPED, f"no lower validation loss for {self.config.patience} epochs"
         if self.epoch >= self.config.epochs:
-            return "completed", f"reached {self.config.epochs} epochs"
+            return EndState.COMPLETED, f"reached {self.config.epochs} epochs"
         return None, ""
 
     def state_dict(self) -> dict[str, Any]:
