@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from mlflow_server import server
+from search import environment
 from search.callbacks import SearchStopper, TrackingCallback
 from search.cluster import ray_init
 from search.config import validate
@@ -125,6 +126,7 @@ def main() -> None:
             }
         )
         settings = TrialSettings.of(cfg, url, "", "", data_dir)
+        environment.configure(local_ray=args.address is None)
         ray_init(args.address, log=lambda m: None)
         results = {
             "asha": run(

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from search.environment import usage_data_off
 from vae.errors import UserError
 
 PID_FILE = "server.json"
@@ -174,20 +175,26 @@ def _launch(
         "--port", str(port),
         "--workers", str(workers),
     ]  # fmt: skip
-    env = dict(os.environ)
-    # MLflow 3's job runner (GenAI evaluation jobs: a runner and five huey consumers) serves nothing vaesearch
-    # logs; off unless the caller's environment turns it on, it saves a 2-core machine those processes.
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env = server_environment(data_dir, auth)
     if auth:
         cmd += ["--app-name", "basic-auth"]
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(data_dir))
-        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", _secret_key(data_dir))
     elif not is_loopback(host):
         print(f"warning: MLflow on {host}:{port} without authentication (insecure, as asked)", file=sys.stderr)
     with open(data_dir / LOG_FILE, "ab") as log:
         return subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
+
+
+def server_environment(data_dir: Path, auth: bool) -> dict[str, str]:
+    """The server's environment: this process's, over the defaults it needs (usage data off, as `main` sets it)."""
+    # MLflow 3's job runner (GenAI evaluation jobs: a runner and five huey consumers) serves nothing vaesearch
+    # logs; off unless the caller's environment turns it on, it saves a 2-core machine those processes.
+    env = {**usage_data_off(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    if auth:
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(data_dir))
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", _secret_key(data_dir))
+    return env
 
 
 def _healthy(proc: subprocess.Popen, info: ServerInfo, data_dir: Path, timeout: float) -> ServerInfo:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -505,9 +504,10 @@ def explain(error: UserError, flags: dict[str, str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args = build_parser().parse_args(argv)
+    from search import environment
+
+    environment.configure(local_ray=getattr(args, "address", None) is None, verbose=getattr(args, "verbose", False))
     from search.config import SearchStopped
 
     try:

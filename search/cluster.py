@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from search.config import SearchError
+from search.environment import for_trials
 from vae.config import ConfigError
-
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-SETTINGS = ("VAESEARCH_MLFLOW_PATIENCE_S",)  # read by trials too: set on the driver, it holds on every node
 
 
 def _probe(address: str) -> None:
@@ -35,20 +32,11 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
     if address is not None:
         _probe(address)
 
-    # Ray 2.60 turns token auth on by itself when a token file exists; say what we want.
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if not verbose:  # Ray's new console prints its banner even at verbose=0; the legacy one stays quiet
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # A trial that never reported (stopped before its first epoch) is not worth a warning here.
+    if not verbose:  # a trial that never reported (stopped before its first epoch) is not worth a warning here
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    # Ray's result files, without TensorBoard's (MLflow is the record; TBX complains of a failure's inf).
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Credentials for an MLflow server with auth reach trials through their environment, never as params;
-    # so do the driver's settings that trials read, which a worker node's own environment would not have.
-    forwarded = {k: v for k, v in os.environ.items() if k in CREDENTIALS + SETTINGS}
+    # so do the driver's settings that trials read (search.environment).
+    forwarded = for_trials()
     try:
         ray.init(
             # "local": a Ray of its own. None would join the last `ray start` cluster on this machine

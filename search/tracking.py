@@ -21,6 +21,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from search.environment import PATIENCE
 from vae.records import (
     CONFIG_KEY,
     DUPLICATE_OF,
@@ -40,7 +41,7 @@ from vae.records import (
 
 def patience_s() -> float:
     """How long a write keeps retrying an absent server before it gives up (and is counted lost)."""
-    return float(os.environ.get("VAESEARCH_MLFLOW_PATIENCE_S", "600"))
+    return float(os.environ.get(PATIENCE, "600"))
 
 
 class Outage:
@@ -151,9 +152,6 @@ class Tracker:
     """MLflow as the search uses it; every method names runs by id."""
 
     def __init__(self, tracking_uri: str) -> None:
-        # Fail fast inside a request (read by MLflow per request); `patiently` does the patient retrying.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.client = MlflowClient(tracking_uri)
 
     # -- experiments and the parent run (driver) --

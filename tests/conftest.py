@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from search import environment
 from tests.helpers import (
     MARK,
     processes_with,
@@ -29,7 +30,7 @@ from tests.helpers import (
 from vae import data
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # the suite's Ray head and the searches that join it agree
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+environment.configure(local_ray=False)  # as `main` does: in-process tests run as the command would
 os.environ[MARK] = uuid.uuid4().hex  # last: see tests/test_cleanup.py
 
 
