@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -22,6 +23,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 from search.environment import usage_data_off
 from vae.errors import UserError
@@ -43,6 +46,7 @@ class ServerInfo:
     backend_store_uri: str
     artifacts_destination: str
     auth: bool = False
+    started: float | None = None  # the process's start time (psutil): a PID reused by another process differs
 
 
 def is_loopback(host: str) -> bool:
@@ -63,10 +67,29 @@ def health(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _reachable(host: str) -> str:
+    """The address a client on this machine reaches a server bound to `host` at (a wildcard: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "localhost": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def url_of(host: str, port: int) -> str:
+    """http://HOST:PORT, an IPv6 address in brackets (RFC 3986)."""
+    address = _reachable(host)
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+
+
 def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(1)
-        return s.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0
+    """Whether something listens on `port` at `host` (IPv4 or IPv6, as the host resolves)."""
+    try:
+        found = socket.getaddrinfo(_reachable(host), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ServerError("host", f"cannot resolve {host!r}: {e.strerror}") from None
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as s:
+            s.settimeout(1)
+            if s.connect_ex(address) == 0:
+                return True
+    return False
 
 
 def free_port() -> int:
@@ -76,24 +99,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> float | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _holder(info: ServerInfo) -> str | None:
+    """Who holds the recorded PID now: None when no process does, "" when it is the server recorded.
+
+    Else a description of the other process: after a reboot or a crash the PID may belong to anything.
+    """
+    try:
+        proc = psutil.Process(info.pid)
+        started, command = proc.create_time(), proc.cmdline()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error as e:  # another user's process: not ours to signal
+        return f"a process vaesearch cannot inspect ({type(e).__name__})"
+    same_start = info.started is None or abs(started - info.started) < 0.5  # a pid file of an older vaesearch
+    ours = same_start and "mlflow" in command and "server" in command and str(info.port) in command
+    return "" if ours else f"{shlex.join(command)[:200] or proc.name()} (started {time.ctime(started)})"
+
+
+def _recorded(data_dir: Path) -> ServerInfo | None:
+    try:
+        return ServerInfo(**json.loads((Path(data_dir) / PID_FILE).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
 
 
 def read_info(data_dir: Path) -> ServerInfo | None:
-    """The server this folder's pid file names, if that process still runs."""
-    path = Path(data_dir) / PID_FILE
-    try:
-        info = ServerInfo(**json.loads(path.read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
-    return info if _alive(info.pid) else None
+    """The server this folder's pid file names, if that very process still runs."""
+    info = _recorded(data_dir)
+    return info if info is not None and _holder(info) == "" else None
 
 
 def _differences(running: ServerInfo, asked: Mapping[str, object]) -> list[str]:
@@ -144,9 +184,9 @@ def start(
     data_dir.mkdir(parents=True, exist_ok=True)
     backend = backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
     artifacts = artifacts_destination or str(data_dir / "artifacts")
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{port}"
     proc = _launch(data_dir, backend, artifacts, host, port, auth, workers)
-    return _healthy(proc, ServerInfo(proc.pid, url, host, port, backend, artifacts, auth), data_dir, timeout)
+    info = ServerInfo(proc.pid, url_of(host, port), host, port, backend, artifacts, auth, _start_time(proc.pid))
+    return _healthy(proc, info, data_dir, timeout)
 
 
 def _reused(running: ServerInfo, asked: Mapping[str, object], data_dir: Path) -> ServerInfo:
@@ -274,10 +314,21 @@ def _kill_group(pid: int, grace: float = 10.0) -> None:
 
 
 def stop(data_dir: Path) -> ServerInfo | None:
-    """End the server started from this folder and all its workers; None when there was none."""
-    info = read_info(data_dir)
-    (Path(data_dir) / PID_FILE).unlink(missing_ok=True)
-    if info is None:
+    """End the server started from this folder and all its workers; None when there was none.
+
+    A PID now held by another process is never signalled: that is refused, the pid file kept.
+    """
+    path = Path(data_dir) / PID_FILE
+    info = _recorded(data_dir)
+    holder = None if info is None else _holder(info)
+    if info is not None and holder:
+        raise ServerError(
+            "data_folder",
+            f"{path} names pid {info.pid}, which is now {holder}, not the MLflow server started from this folder; "
+            f"nothing was signalled. If that server is gone, delete {path}",
+        )
+    path.unlink(missing_ok=True)
+    if info is None or holder is None:
         return None
     _kill_group(info.pid)
     return info

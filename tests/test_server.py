@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -16,19 +20,20 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.mark.slow
-def test_start_status_stop(tmp_path: Path) -> None:
+def test_start_status_stop_on_ipv6_loopback(tmp_path: Path) -> None:
     port = str(server.free_port())
     folder = ["--data-folder", str(tmp_path / "srv")]
-    started = cli("server", "start", "--port", port, *folder)
+    started = cli("server", "start", "--host", "::1", "--port", port, *folder)
     assert started.returncode == 0, started.stderr
     try:
         status = cli("server", "status", *folder)
-        assert status.returncode == 0 and f"127.0.0.1:{port} healthy" in status.stdout
+        assert status.returncode == 0 and f"http://[::1]:{port} healthy" in status.stdout, status.stdout
         assert "sqlite:///" in status.stdout and str(tmp_path / "srv") in status.stdout
         info = server.read_info(tmp_path / "srv")
+        assert MlflowClient(info.url).search_experiments()  # MLflow's client reaches it at the bracketed URL
         again = cli("server", "start", "--port", port, *folder)  # reuses, does not start a second
         assert again.returncode == 0 and f"pid {info.pid}" in again.stdout
-        taken = cli("server", "start", "--port", port, "--data-folder", str(tmp_path / "other"))
+        taken = cli("server", "start", "--host", "::1", "--port", port, "--data-folder", str(tmp_path / "other"))
         assert_one_line_error(taken, "--port", port, "taken")
         # a running server that differs from what was asked is never passed off as it
         other_port = str(server.free_port())
@@ -47,11 +52,38 @@ def test_start_status_stop(tmp_path: Path) -> None:
     finally:
         stopped = cli("server", "stop", *folder)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
-    assert not server.health(f"http://127.0.0.1:{port}")
+    assert not server.health(info.url)
     with pytest.raises(ProcessLookupError):
         os.killpg(info.pid, 0)  # the whole group, workers included, is gone
     none = cli("server", "stop", *folder)
     assert none.returncode == 0 and "no server running" in none.stdout
+
+
+def test_stop_never_signals_a_process_that_now_holds_the_recorded_pid(tmp_path: Path) -> None:
+    """After a reboot or a crash the pid file's PID may be anyone's: stop checks it is the server it started."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        folder = tmp_path / "srv"
+        folder.mkdir()
+        record = server.ServerInfo(other.pid, "http://127.0.0.1:5999", "127.0.0.1", 5999, "sqlite:///x", "x")
+        (folder / server.PID_FILE).write_text(json.dumps(dataclasses.asdict(record)))
+        proc = cli("server", "stop", "--data-folder", str(folder))
+        assert_one_line_error(proc, "--data-folder", f"pid {other.pid}", "sleep 60", "nothing was signalled")
+        assert other.poll() is None and (folder / server.PID_FILE).exists()
+        assert cli("server", "status", "--data-folder", str(folder)).returncode == 1  # not reported as running
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_port_checks_and_urls_speak_ipv6() -> None:
+    with socket.socket(socket.AF_INET6) as listening:
+        listening.bind(("::1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert server.port_in_use("::1", port) and server.url_of("::1", port) == f"http://[::1]:{port}"
+    assert not server.port_in_use("::1", port)
+    assert server.url_of("0.0.0.0", 5000) == "http://127.0.0.1:5000" and server.url_of("::", 80) == "http://[::1]:80"
 
 
 def test_a_non_loopback_bind_is_refused_without_auth_or_insecure(tmp_path: Path) -> None:
