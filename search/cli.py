@@ -322,17 +322,14 @@ def _given_server_or_start_embedded(uri: str | None, port: int | None) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from search import config
-    from search.cluster import check_config_for_cluster
-    from search.state import checked_root
-    from search.tuner import run_search
+    from search.tuner import preflight, run_search
 
     cfg = config.load(args.config).override(
         **{"name": args.name, "tracking.tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
     )
-    check_config_for_cluster(args.address, cfg.tracking.tracking_uri)
-    checked_root(cfg.storage_path)
+    checked = preflight(cfg, args.resume, args.address)  # every refusal before a server starts or a file is written
     uri = _given_server_or_start_embedded(cfg.tracking.tracking_uri, args.server_port)
-    outcome = run_search(cfg, uri, resume=args.resume, address=args.address, verbose=args.verbose)
+    outcome = run_search(checked, uri, address=args.address, verbose=args.verbose)
     if outcome.interrupted:
         again = f"vaesearch search --config {args.config} --name {cfg.name} --resume"
         print(f"interrupted; state saved. Continue with: {again}")

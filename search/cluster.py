@@ -12,7 +12,7 @@ from search.environment import for_trials
 from vae.config import ConfigError
 
 
-def _probe(address: str) -> None:
+def probe(address: str) -> None:
     """Refuse at once an address where nothing listens (ray.init would wait for minutes)."""
     if address == "auto":
         return
@@ -30,7 +30,7 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
     import ray
 
     if address is not None:
-        _probe(address)
+        probe(address)
 
     if not verbose:  # a trial that never reported (stopped before its first epoch) is not worth a warning here
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.cluster import ray_init
+from search.cluster import check_config_for_cluster, probe, ray_init
 from search.config import SearchConfig, SearchError, SearchStopped
 from search.parent import best_child_run, start_parent
 from search.reconcile import (
@@ -89,16 +89,47 @@ def result_files() -> list:
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
-def check_precision(cfg: SearchConfig, log: Callable[[str], None]) -> None:
-    """Refuse an explicit bf16 this machine cannot run; say what `auto` takes here."""
+def check_precision(cfg: SearchConfig, address: str | None, log: Callable[[str], None]) -> None:
+    """Judge the precision where trials run: here for a local Ray, on each trial's node on a cluster.
+
+    A local search refuses an explicit bf16 this machine cannot run before anything starts; on a
+    cluster the driver's machine says nothing of the workers', and a trial that cannot run it fails
+    with the reason (as `auto` decides per node).
+    """
     import torch
 
     from vae.precision import resolve_precision
 
+    if address is not None:
+        if cfg.train.precision != "fp32":
+            log(f"precision: {cfg.train.precision}, judged by each trial on its node (param `precision`)")
+        return
     device = "cuda" if cfg.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
     precision, why = resolve_precision(cfg.train.precision, device, field="train.precision")
     if cfg.train.precision == "auto":
         log(f"precision: auto takes {precision} here: {why}; each trial decides on its own node (param `precision`)")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A search that passed every check that can refuse it; nothing has been started or written yet."""
+
+    cfg: SearchConfig  # the stored config when resuming
+    folder: Path  # the search's folder under the storage root
+    stored: SearchState | None  # the record of the search to resume
+
+
+def preflight(cfg: SearchConfig, resume: bool, address: str | None, log: Callable[[str], None] = print) -> Checked:
+    """Every check that can refuse a search, before any server starts or any file is written."""
+    check_config_for_cluster(address, cfg.tracking.tracking_uri)
+    if address is not None:
+        probe(address)
+    folder = checked_root(cfg.storage_path) / cfg.name
+    stored = _state(cfg, folder, resume, log)
+    if stored is not None:
+        cfg = SearchConfig.model_validate(stored.config)
+    check_precision(cfg, address, log)
+    return Checked(cfg, folder, stored)
 
 
 def _state(cfg: SearchConfig, folder: Path, resume: bool, log: Callable[[str], None]) -> SearchState | None:
@@ -119,30 +150,24 @@ def _state(cfg: SearchConfig, folder: Path, resume: bool, log: Callable[[str], N
 
 
 def run_search(
-    cfg: SearchConfig,
+    checked: Checked,
     tracking_uri: str,
-    resume: bool = False,
     address: str | None = None,
     log: Callable[[str], None] = print,
     verbose: bool = False,
 ) -> Outcome:
-    """Start (or resume) the search named cfg.name and wait for it; Ctrl-C saves state and returns."""
-    root = checked_root(cfg.storage_path)
-    folder = root / cfg.name
-    stored = _state(cfg, folder, resume, log)
-    if stored is not None:
-        cfg = SearchConfig.model_validate(stored.config)
+    """Start (or resume) the search `preflight` checked and wait for it; Ctrl-C saves state and returns."""
+    cfg, folder, stored = checked.cfg, checked.folder, checked.stored
     tracker = Tracker(tracking_uri)
+    cluster = ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no run
     data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
     md5s = data.prepare(data_dir, log=lambda m: None)
-    check_precision(cfg, log)
-    cluster = ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no run
     space = space_spec(cfg)
     if stored is not None:
         state = stored
         tracker.set_tags(state.parent_run_id, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **cluster})
     else:
-        tags = {"storage_path": str(root), **cluster}
+        tags = {"storage_path": str(folder.parent), **cluster}
         experiment_id, parent = start_parent(tracker, cfg, space, study_url(folder), md5s, tags)
         state = SearchState(cfg.name, cfg.model_dump(), tracking_uri, experiment_id, parent)
         state.save(folder)
@@ -150,7 +175,7 @@ def run_search(
     log(f"config {json.dumps(cfg.model_dump())}")
     try:
         settings = TrialSettings.of(cfg, tracking_uri, state.experiment_id, state.parent_run_id, data_dir)
-        return _tune(cfg, tracker, resume, folder, space, settings, log, verbose)
+        return _tune(cfg, tracker, stored is not None, folder, space, settings, log, verbose)
     except SearchStopped:  # already said on the parent run
         raise
     except BaseException as e:  # a search that dies says so on its parent run

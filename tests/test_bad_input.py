@@ -45,6 +45,8 @@ DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port here
         (["dashboard", "nosuch", "--storage-path", "."], "nosuch"),
         (["dashboard", "nosuch", "--host", "0.0.0.0"], "--host"),
         (["search", "--config", "c.yaml", "--storage-path", "c.yaml/ray"], "--storage-path"),
+        # refused before the embedded server starts (it would live under VAESEARCH_HOME, in tmp_path)
+        (["search", "--config", "c.yaml", "--resume", "--storage-path", "ray"], "--resume"),
     ],
 )
 def test_every_subcommand_refuses_bad_input_in_one_line(args: list[str], field: str, tmp_path: Path) -> None:

@@ -79,3 +79,19 @@ def test_shipped_configs_are_valid() -> None:
         config.load(path)
     seed = config.load(REPO / "configs" / "seed.yaml")
     assert (len(seed.space.hidden), len(seed.space.decoder), len(seed.space.latent)) == (3, 6, 4)
+
+
+def test_an_explicit_bf16_is_judged_where_the_trials_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A driver without bf16 refuses it for a local search, but not for a cluster whose GPU workers decide."""
+    from search import config
+    from search.tuner import check_precision
+    from vae import precision
+    from vae.config import ConfigError
+
+    monkeypatch.setattr(precision, "bf16_support", lambda device_type: (False, "no bf16 on this driver"))
+    cfg = config.load(write_config(tmp_path / "c.yaml", train={"precision": "bf16"}, resources={"gpus": 1}))
+    said: list[str] = []
+    check_precision(cfg, "ray://head:10001", said.append)
+    assert said == ["precision: bf16, judged by each trial on its node (param `precision`)"]
+    with pytest.raises(ConfigError, match="bf16 cannot run here"):
+        check_precision(cfg, None, said.append)
