@@ -198,7 +198,13 @@ class TrackingCallback(tune.Callback):
         self._end(trial, EndState.FAILED, _error_line(trial), "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.sender.flush(timeout=600)
+        if not self.sender.flush(timeout=600):
+            self.sender.abandon()
+
+    @property
+    def lost(self) -> int:
+        """The driver's writes (metrics, end tags) that never landed."""
+        return len(self._sender.lost) if self._sender is not None else 0
 
 
 def end_of(trial: Any, stopper: SearchStopper) -> tuple[str, str]:

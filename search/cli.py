@@ -338,7 +338,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     summary = {"experiment": outcome.experiment, "parent_run_id": outcome.parent_run_id, "trials": outcome.trials}
     if best:
         summary.update(best_run_id=best["run_id"], best_val_loss=best["best_val_loss"], best_params=best["params"])
-    print(json.dumps(summary))
+    print(json.dumps({**summary, "lost_writes": outcome.lost_writes}), flush=True)
+    if outcome.lost_writes:
+        print(
+            f"vaesearch search: {outcome.lost_writes} write(s) to MLflow never landed (sample grids, checkpoints, "
+            f"metrics or tags): see the tag lost_writes on the parent run and on the trials' runs",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
     return 0
 
 

@@ -48,6 +48,7 @@ class SearchState:
     experiment_id: str
     parent_run_id: str
     created: str = dataclasses.field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    lost_writes: int = 0  # MLflow writes its trials or driver gave up on, kept here even when MLflow is gone
 
     @staticmethod
     def exists(folder: Path) -> bool:

@@ -91,7 +91,8 @@ class Sender:
         self._pending = 0  # writes submitted and not yet done (landed or given up), under _done
         self._done = threading.Condition()
         self.give_up_after = patience_s() if give_up_after is None else give_up_after
-        self.lost: list[str] = []
+        self.lost: list[str] = []  # what was given up: the writes that never landed
+        self._written_off = 0  # writes under way that abandon() counted lost, whichever way they end
         self._outage = Outage()
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-{name}", daemon=True)
         self._thread.start()
@@ -106,6 +107,23 @@ class Sender:
         with self._done:
             return self._done.wait_for(lambda: self._pending == 0, timeout)
 
+    def abandon(self) -> int:
+        """Give up on every write not yet landed (their files are about to go), each counted lost; how many."""
+        before = len(self.lost)
+        with self._done:
+            while True:
+                try:
+                    what, _ = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self.lost.append(f"{what}: not sent in time")
+                self._pending -= 1
+            if self._pending:  # the one being written now: not confirmed, so not counted as landed
+                self.lost.append("a write in progress: not confirmed in time")
+                self._written_off, self._pending = self._written_off + self._pending, 0
+            self._done.notify_all()
+        return len(self.lost) - before
+
     def close(self) -> None:
         """End the thread once the writes submitted so far are done: a reused Ray worker runs many trials."""
         self._queue.put(_STOP)
@@ -116,12 +134,17 @@ class Sender:
             if item is _STOP:
                 return
             what, write = item
+            failure = None
             try:
                 patiently(write, what, self.give_up_after, self._outage)
             except RuntimeError as e:
-                self.lost.append(f"{what}: {type(e.__cause__).__name__}")
+                failure = f"{what}: {type(e.__cause__).__name__}"
             with self._done:
-                self._pending -= 1
+                if self._written_off:  # abandon() has counted this one already
+                    self._written_off -= 1
+                else:
+                    self._pending -= 1
+                    self.lost += [failure] if failure else []
                 self._done.notify_all()
 
 

@@ -9,7 +9,6 @@ only finds its child run and uploads artifacts (sample grids, best weights).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import shutil
 import tempfile
@@ -22,16 +21,15 @@ import torch
 from ray import tune
 
 from search.settings import TrialSettings
-from search.tracking import Sender, Tracker, config_key, patiently
+from search.tracking import Tracker, config_key, patiently
+from search.uploads import FINAL_FLUSH_S, Uploads
 from vae import data
 from vae.config import TrainConfig
-from vae.figures import grid_pixels, grids
 from vae.precision import resolve_precision
-from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, EndState
+from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, LOST_WRITES, EndState
 from vae.train import EpochResult, Trainer
 
 REPORT_FLUSH_S = 2.0  # wait this long at most for artifacts before each report (a pruned trial stops after it)
-FINAL_FLUSH_S = 300.0
 
 
 def _node_tags() -> dict[str, str]:
@@ -118,7 +116,7 @@ class _Trial:
     def __enter__(self) -> _Trial:
         self.work = Path(tempfile.mkdtemp(prefix="vaesearch-trial-"))
         self.best = self.work / "best.pt"
-        self.uploads = Sender(f"trial-{tune.get_context().get_trial_id()}")
+        self.uploads = Uploads(self.tracker, self.run_id, self.work, f"trial-{tune.get_context().get_trial_id()}")
         interval = self.settings.system_metrics_s
         self.monitor = self.tracker.system_metrics(self.run_id, interval, self.resumed) if interval else None
         return self
@@ -126,8 +124,7 @@ class _Trial:
     def __exit__(self, *exc: object) -> None:
         if self.monitor is not None:
             self.monitor.finish()
-        self.uploads.flush(FINAL_FLUSH_S)  # before the folder goes: a snapshot still queued must not lose its file
-        self.uploads.close()
+        self.uploads.close()  # before the folder goes: a snapshot still queued must not lose its file
         shutil.rmtree(self.work, ignore_errors=True)
 
     def setup(self, config: TrainConfig, resume_from: Any) -> Trainer:
@@ -159,8 +156,8 @@ class _Trial:
             self.report({**trainer.history[-1], END_STATE: stop, END_REASON: reason})
             return
         if trainer.epoch == 0:  # the untrained model's grids: step 0, where the UI's slider starts
-            self.log_grids(trainer, 0)
-            self.uploads.flush(FINAL_FLUSH_S)
+            self.uploads.grids(trainer, 0)
+            self.uploads.wait(FINAL_FLUSH_S)
         while not stop:
             result = trainer.step()
             stop = result.stop
@@ -171,35 +168,26 @@ class _Trial:
         """Snapshot an improvement, draw the grids due, wait for uploads; the epoch's report."""
         waited = time.perf_counter()
         if result.improved:
-            self.snapshot_best(trainer, result.epoch)
+            trainer.save_weights(self.best)
+            self.uploads.best(self.best, result.epoch)
         grid_seconds = 0.0
         drawn = result.stop or result.epoch % self.settings.samples_every == 0 or result.epoch in self.rungs
         if drawn:
             grid_start = time.perf_counter()
-            self.log_grids(trainer, result.epoch)
+            self.uploads.grids(trainer, result.epoch)
             grid_seconds = time.perf_counter() - grid_start
         # Grids must land before the report: ASHA may stop the trial after it, and at the search's end Ray
         # kills a stopping trial within 10 s. Other epochs wait briefly and let the queue catch up later.
-        self.uploads.flush(FINAL_FLUSH_S if drawn else REPORT_FLUSH_S)
+        if result.stop:
+            self.uploads.settle()  # the last report counts every write that did not land
+        else:
+            self.uploads.wait(FINAL_FLUSH_S if drawn else REPORT_FLUSH_S)
         # What logging cost this epoch's training: the wait for uploads, not the drawing of grids.
         report: dict[str, Any] = {**result.metrics, **overhead, "epoch": result.epoch}
         report["log_seconds"] = time.perf_counter() - waited - grid_seconds
         if result.stop:
             report.update({END_STATE: result.stop, END_REASON: result.reason})
         return report
-
-    def log_grids(self, trainer: Trainer, epoch: int) -> None:
-        """The epoch's sample grids as MLflow images with the epoch as step (the UI's step slider)."""
-        for key, images in grids(trainer.model.decoder, trainer.config.latent, seed=trainer.config.seed).items():
-            upload = functools.partial(self.tracker.log_image, self.run_id, grid_pixels(images), key, epoch)
-            self.uploads.submit(f"{key} grid, epoch {epoch}", upload)
-
-    def snapshot_best(self, trainer: Trainer, epoch: int) -> None:
-        trainer.save_weights(self.best)
-        snapshot = self.work / f"best-{epoch}" / "best.pt"  # a folder each: MLflow names it by its file
-        snapshot.parent.mkdir()
-        shutil.copy(self.best, snapshot)
-        self.uploads.submit("best checkpoint", lambda: _upload_once(self.tracker, self.run_id, snapshot, "checkpoint"))
 
     def report(self, result: dict[str, Any], checkpoint: bool = False) -> None:
         """Every report carries the metric ASHA ranks by and the epoch, so no result can upset the driver."""
@@ -209,6 +197,7 @@ class _Trial:
             "best_val_loss": trainer.best_val_loss if trainer else math.inf,
             **result,
             "mlflow_run_id": self.run_id,
+            LOST_WRITES: self.uploads.lost,  # so far; the driver sums each trial's last
         }
         if not checkpoint:
             tune.report(result)
@@ -226,13 +215,7 @@ class _Trial:
         reason = text.strip().splitlines()[-1][:500]
         path = self.work / "error.txt"
         path.write_text(text)
-        self.uploads.submit("error.txt", lambda: self.tracker.log_artifact(self.run_id, path))
+        self.uploads.error(path)
         patiently(lambda: self.tracker.set_tags(self.run_id, {ERROR_TYPE: type(error).__name__}), "tagging the error")
-        self.uploads.flush(FINAL_FLUSH_S)
+        self.uploads.settle()
         self.report({END_STATE: EndState.FAILED, END_REASON: reason, ERROR_TYPE: type(error).__name__})
-
-
-def _upload_once(tracker: Tracker, run_id: str, path: Path, artifact_dir: str) -> None:
-    """Upload a snapshot, then drop its folder: a later best must not wait behind old copies on disk."""
-    tracker.log_artifact(run_id, path, artifact_dir)
-    shutil.rmtree(path.parent, ignore_errors=True)

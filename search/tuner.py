@@ -7,6 +7,7 @@ MLflow and Optuna agree with Ray (`search.reconcile`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from search.settings import TrialSettings
 from search.state import SearchState, checked_root, study_url
 from search.tracking import Tracker
 from vae import data
-from vae.records import BATCH_SIZE, LR, MODEL_PARAMS, RANKED_BY, EndState
+from vae.records import BATCH_SIZE, LOST_WRITES, LR, MODEL_PARAMS, RANKED_BY, EndState
 
 METRIC, MODE = RANKED_BY, "min"
 
@@ -41,6 +42,7 @@ class Outcome:
     best: dict[str, Any] | None
     experiment: str
     parent_run_id: str
+    lost_writes: int = 0  # MLflow writes that never landed (artifacts, metrics, tags): the search fails
 
 
 def space_spec(cfg: SearchConfig) -> dict[str, Any]:
@@ -225,7 +227,7 @@ def _tuner(cfg: SearchConfig, folder: Path, space: dict, settings: TrialSettings
             verbose=2 if verbose else 0,
         ),
     )
-    return tuner, fail_fast
+    return tuner, fail_fast, tracking
 
 
 def _restored_tuner(cfg: SearchConfig, folder: Path, tracker: Tracker, settings: TrialSettings, trainable: Any):
@@ -233,16 +235,17 @@ def _restored_tuner(cfg: SearchConfig, folder: Path, tracker: Tracker, settings:
     import optuna
     from ray import tune
 
-    from search.callbacks import SearchStopper
+    from search.callbacks import SearchStopper, TrackingCallback
 
     tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
     # the one pickled with the search's callbacks (a search saved before fail-fast existed has none)
     saved = tuner._local_tuner
     assert saved is not None  # a Tuner restored on the driver runs there
     fail_fast = saved.get_run_config().stop or SearchStopper(min(4, cfg.budget.num_samples))
+    tracking = next(c for c in saved.get_run_config().callbacks or [] if isinstance(c, TrackingCallback))
     study = optuna.load_study(study_name=cfg.name, storage=study_url(folder))
     adopt_optuna_ends(tracker, settings.experiment_id, settings.parent_run_id, study)
-    return tuner, fail_fast
+    return tuner, fail_fast, tracking
 
 
 def _tune(
@@ -267,14 +270,17 @@ def _tune(
         tune.with_parameters(train_trial, settings=settings), {"cpu": settings.cpus, "gpu": settings.gpus}
     )
     if resume and (folder / "tuner.pkl").exists():
-        tuner, fail_fast = _restored_tuner(cfg, folder, tracker, settings, trainable)
+        tuner, fail_fast, tracking = _restored_tuner(cfg, folder, tracker, settings, trainable)
     else:
-        tuner, fail_fast = _tuner(cfg, folder, space, settings, trainable, verbose)
+        tuner, fail_fast, tracking = _tuner(cfg, folder, space, settings, trainable, verbose)
     started = time.monotonic()
     grid = tuner.fit()
     out_of_time = cfg.budget.time_limit_s is not None and time.monotonic() - started >= cfg.budget.time_limit_s
     budget = "time" if out_of_time else "epoch" if fail_fast.spent else None
-    return _after(cfg, tracker, folder, settings, grid, fail_fast.reason, budget, log)
+    # what never reached MLflow, as each trial last counted it (by its run) and as the driver did
+    lost = {str(r.metrics.get("mlflow_run_id")): int(r.metrics.get(LOST_WRITES) or 0) for r in grid if r.metrics}
+    lost["driver"] = tracking.lost
+    return _after(cfg, tracker, folder, settings, grid, (fail_fast.reason, budget), log, lost)
 
 
 def _after(
@@ -283,14 +289,16 @@ def _after(
     folder: Path,
     settings: TrialSettings,
     grid: Any,
-    stopped: str | None,
-    budget: str | None,
+    stops: tuple[str | None, str | None],
     log: Callable[[str], None],
+    lost: dict[str, int],
 ) -> Outcome:
     """Close the search's books: how it ended, on the parent run, in MLflow and in Optuna."""
     import optuna
 
     experiment_id, parent = settings.experiment_id, settings.parent_run_id
+    stopped, budget = stops  # the fail-fast stopper's reason; the budget (time, epoch) that ran out
+    _keep_lost(folder, sum(lost.values()))  # first: the server may be why they were lost
     if stopped:
         end_unfinished(tracker, experiment_id, parent, f"search stopped: {stopped}")
         tracker.set_tags(parent, {"status": f"stopped: {stopped}"})
@@ -316,6 +324,26 @@ def _after(
     if removed:
         log(f"deleted {removed} MLflow run(s) of trials the restored search does not know")
     best = best_child_run(tracker, experiment_id, parent)
+    lost_writes = _tally_lost(tracker, settings, folder, lost)
     tracker.set_tags(parent, {"status": "finished", **({"best_run_id": best["run_id"]} if best else {})})
     tracker.finish(parent)
-    return Outcome(False, len(grid), best, cfg.name, parent)
+    return Outcome(False, len(grid), best, cfg.name, parent, lost_writes)
+
+
+def _keep_lost(folder: Path, count: int) -> None:
+    """The count of lost writes in the search's record, which needs no server."""
+    state = SearchState.load(folder)
+    if count > state.lost_writes:
+        dataclasses.replace(state, lost_writes=count).save(folder)
+
+
+def _tally_lost(tracker: Tracker, settings: TrialSettings, folder: Path, lost: dict[str, int]) -> int:
+    """Lost writes in all: each trial's count, as its run's tag has it where that is higher (written at its very
+    end, after its last report), and the driver's; on the parent run and in the record."""
+    tagged = {r.info.run_id: int(r.data.tags.get(LOST_WRITES, 0))
+              for r in tracker.children(settings.experiment_id, settings.parent_run_id)}  # fmt: skip
+    total = sum(max(lost.get(run, 0), tagged.get(run, 0)) for run in {*lost, *tagged})
+    if total:
+        tracker.set_tags(settings.parent_run_id, {LOST_WRITES: str(total)})
+        _keep_lost(folder, total)
+    return total

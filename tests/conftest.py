@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signum, _stopped_from_outside)
 
 
-SERVERS = {"mlflow_url", "own_server", "ray_head", "finished", "promoted", "two_nodes", "pg_database"}
+SERVERS = {"mlflow_url", "mlflow_folder", "own_server", "ray_head", "finished", "promoted", "two_nodes", "pg_database"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -123,14 +123,23 @@ def splits(mnist_dir: Path) -> dict[str, data.Split]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory):
-    """One real MLflow server over HTTP for the whole test session, stopped at its end."""
+def mlflow_folder(tmp_path_factory: pytest.TempPathFactory):
+    """One real MLflow server over HTTP for the whole test session, stopped at its end: its data folder."""
     from mlflow_server import server
 
     folder = tmp_path_factory.mktemp("mlflow")
-    info = server.start(folder, port=server.free_port())
-    yield info.url
+    server.start(folder, port=server.free_port())
+    yield folder
     server.stop(folder)
+
+
+@pytest.fixture(scope="session")
+def mlflow_url(mlflow_folder: Path) -> str:
+    from mlflow_server import server
+
+    info = server.read_info(mlflow_folder)
+    assert info is not None
+    return info.url
 
 
 @pytest.fixture(scope="session")

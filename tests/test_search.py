@@ -315,3 +315,32 @@ def test_an_epoch_budget_caps_the_training_of_the_whole_search(mlflow_url: str, 
     assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}, states
     parent = client.get_run(json.loads(proc.stdout.strip().splitlines()[-1])["parent_run_id"])
     assert parent.data.tags["status"] == "finished"
+
+
+def test_artifacts_that_never_land_fail_the_search_with_their_count(
+    mlflow_url: str, mlflow_folder: Path, ray_head: str, tmp_path: Path
+) -> None:
+    """Metrics land and artifact uploads fail (the experiment's artifact folder is a file): exit 1, counted."""
+    client, blocked = MlflowClient(mlflow_url), f"blocked-{tmp_path.name}"
+    (mlflow_folder / "artifacts").mkdir(exist_ok=True)
+    (mlflow_folder / "artifacts" / blocked).write_text("a file where the experiment's artifact folder would be")
+    client.create_experiment("lost-uploads", artifact_location=f"mlflow-artifacts:/{blocked}")
+    config = write_config(
+        tmp_path / "c.yaml",
+        space={"hidden": [8], "decoder": [1], "latent": [2]},
+        budget={"num_samples": 1, "max_epochs": 1, "max_concurrent": 1},
+        tracking={"system_metrics_s": 0},
+    )
+    args = search_args(config, "lost-uploads", mlflow_url, tmp_path / "ray", address=ray_head)
+    proc = run_cli(*args, env=search_env(ray_head, {"VAESEARCH_MLFLOW_PATIENCE_S": "2"}))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lost = json.loads(proc.stdout.strip().splitlines()[-1])["lost_writes"]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert lost >= 3 and last.startswith(f"vaesearch search: {lost} write(s) to MLflow never landed"), proc.stderr
+    parent, (kid,) = children(client, "lost-uploads")
+    assert parent.data.tags["lost_writes"] == str(lost) and int(kid.data.tags["lost_writes"]) == lost
+    what = kid.data.tags["lost_writes_what"]
+    assert "grid, epoch 0" in what and "best checkpoint" in what, what
+    assert [m.step for m in client.get_metric_history(kid.info.run_id, "val_loss")] == [1]  # metrics landed
+    state = json.loads((tmp_path / "ray" / "lost-uploads" / "vaesearch.json").read_text())
+    assert state["lost_writes"] == lost  # the search's record has it too

@@ -50,6 +50,24 @@ def test_close_ends_the_thread_after_the_writes_before_it() -> None:
     assert not sender._thread.is_alive() and done == [1]
 
 
+def test_abandon_counts_every_write_not_landed_once_and_flush_returns() -> None:
+    sender, gate = Sender("test", give_up_after=30), threading.Event()
+
+    def stuck() -> None:  # a server that does not answer: retried until patience runs out
+        gate.wait(5)
+        raise ConnectionError("server away")
+
+    for i in range(3):
+        sender.submit(f"w{i}", stuck)
+    assert not sender.flush(timeout=0.2)
+    assert sender.abandon() == 3  # two still queued, one being written
+    assert sender.flush(timeout=0.1)
+    gate.set()
+    sender.close()
+    sender._thread.join(5)
+    assert len(sender.lost) == 3, sender.lost  # the one in progress, failing later, is not counted again
+
+
 def test_image_names_pass_the_servers_path_check_unchanged_and_parse_as_the_ui_parses_them() -> None:
     """Every step and id: the server neither refuses the name nor stores it under another (a `#`, a `/`)."""
     rng = random.Random(0)
