@@ -7,13 +7,11 @@ KL of N(mu, sigma^2) to N(0, I) (Kingma and Welling 2014, Appendix B).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # the model imports this module's KL
-    from vae.model import VAE
+from vae.model import VAE
 
 PER_BATCH = 64  # the seed's tables are sums over a batch of 64
 
