@@ -26,7 +26,6 @@ from pathlib import Path
 
 import psutil
 
-from search.environment import usage_data_off
 from vae.errors import UserError
 
 PID_FILE = "server.json"
@@ -227,10 +226,10 @@ def _launch(
 
 
 def server_environment(data_dir: Path, auth: bool) -> dict[str, str]:
-    """The server's environment: this process's, over the defaults it needs (usage data off, as `main` sets it)."""
+    """The server's environment: this process's (usage data off, as `main` set it), and what the server needs."""
     # MLflow 3's job runner (GenAI evaluation jobs: a runner and five huey consumers) serves nothing vaesearch
     # logs; off unless the caller's environment turns it on, it saves a 2-core machine those processes.
-    env = {**usage_data_off(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     if auth:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(data_dir))
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", _secret_key(data_dir))

@@ -52,10 +52,18 @@ def test_one_setting_opts_in_and_a_users_own_values_are_kept(monkeypatch: pytest
     assert [os.environ.get(n) for n in USAGE] == [None, None, None]
 
 
-def test_the_server_and_every_trial_get_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_the_server_runs_with_usage_data_off(mlflow_folder: Path) -> None:
+    """The suite's server, started as `main` starts one: after `environment.configure` (conftest.py)."""
+    info = server.read_info(mlflow_folder)
+    assert info is not None
+    held = dict(line.split("=", 1) for line in Path(f"/proc/{info.pid}/environ").read_text().split("\0") if "=" in line)
+    assert {k: held.get(k) for k in USAGE} == environment.USAGE_DATA_OFF
+
+
+def test_every_trial_gets_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (*USAGE, environment.OPT_IN):
         monkeypatch.delenv(name, raising=False)
-    assert {k: server.server_environment(tmp_path, auth=False)[k] for k in USAGE} == environment.USAGE_DATA_OFF
     environment.configure(local_ray=False)
     trials = environment.for_trials()  # what Ray's runtime environment carries to trials on other nodes
     assert trials["MLFLOW_DISABLE_TELEMETRY"] == "true" and trials["DO_NOT_TRACK"] == "true"
