@@ -297,6 +297,36 @@ def logs_to_parent(client: MlflowClient | None, names: list[str]) -> bool:
     return client is not None and len(names) == 1 and not is_trials_csv(names[0])
 
 
+def _best_section(client: MlflowClient | None, best: Trial | None, comparable: bool, out: Path) -> list[str]:
+    if best is None:
+        return ["No trial finished with a finite loss.", ""]
+    config = ", ".join(f"{k}={v}" for k, v in sorted(best.params.items()))
+    return [
+        "## Best run",
+        "",
+        f"Run `{best.run_id}` ({best.name}): {config}; val loss {best.best_val_loss:.2f} nats/img "
+        f"({best.best_val_loss * PER_BATCH:.2f} per {PER_BATCH}) at epoch {best.best_epoch} of {best.epochs}. "
+        f"Seed: {seed_figures(best.key, best.best_val_loss, comparable, best.end_state not in ENDED)}.",
+        "",
+        *(f"![{name}]({name})" for name in _grids(client, best, out, "best_")),
+        "",
+    ]
+
+
+def _savings_section(search: Search) -> list[str]:
+    trained, replayed, fifo = asha_savings(search)
+    if not fifo or search.config.get("scheduler", "asha") != "asha":  # a FIFO search has no ASHA to credit
+        return []
+    return [
+        "## What ASHA saved",
+        "",
+        f"Trials trained {trained} epochs (and replayed {replayed} for duplicate configs) where training every "
+        f"trial to max_epochs would take {fifo}: {100 * (1 - trained / fifo):.0f}% of the epochs saved "
+        "(ASHA's stops, early stopping and duplicate replays together).",
+        "",
+    ]
+
+
 def write_report(client: MlflowClient | None, experiments: str | list[str], out: Path) -> Path:
     """report.md and its PNGs in `out`; for one search on the server, also logged to its parent run under report/.
 
@@ -309,20 +339,7 @@ def write_report(client: MlflowClient | None, experiments: str | list[str], out:
     best = search.best()
     note = subset_note(search.config)
     comparable = note is None
-    lines = _head(search, note)
-    if best is None:
-        lines += ["No trial finished with a finite loss.", ""]
-    else:
-        config = ", ".join(f"{k}={v}" for k, v in sorted(best.params.items()))
-        lines += [
-            "## Best run",
-            "",
-            f"Run `{best.run_id}` ({best.name}): {config}; val loss {best.best_val_loss:.2f} nats/img "
-            f"({best.best_val_loss * PER_BATCH:.2f} per {PER_BATCH}) at epoch {best.best_epoch} of {best.epochs}. "
-            f"Seed: {seed_figures(best.key, best.best_val_loss, comparable, best.end_state not in ENDED)}.",
-            "",
-        ]
-        lines += [f"![{name}]({name})" for name in _grids(client, best, out, "best_")] + [""]
+    lines = _head(search, note) + _best_section(client, best, comparable, out)
     groups = [(param, title) for param, title in GROUPS if varied(search.trials, param)]
     lines += ["## Tables in the seed's shape", ""]
     shared = constants(search.trials)
@@ -337,16 +354,7 @@ def write_report(client: MlflowClient | None, experiments: str | list[str], out:
         lines += [f"![{title}]({name})", ""]
     lines += samples_by_latent(client, search.trials, out)
     lines += review_section(search, out)
-    trained, replayed, fifo = asha_savings(search)
-    if fifo and search.config.get("scheduler", "asha") == "asha":  # a FIFO search has no ASHA to credit
-        lines += [
-            "## What ASHA saved",
-            "",
-            f"Trials trained {trained} epochs (and replayed {replayed} for duplicate configs) where training every "
-            f"trial to max_epochs would take {fifo}: {100 * (1 - trained / fifo):.0f}% of the epochs saved "
-            "(ASHA's stops, early stopping and duplicate replays together).",
-            "",
-        ]
+    lines += _savings_section(search)
     write_trials_csv(search, out / "trials.csv")
     lines += ["Every trial's per-epoch metrics: [trials.csv](trials.csv) (re-plot without MLflow).", ""]
     report = out / "report.md"

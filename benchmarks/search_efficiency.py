@@ -88,9 +88,7 @@ def run(
     return rows
 
 
-def main() -> None:
-    """Flags, one server, both schedulers on the same configs, one JSON line: longer than 50 lines because
-    a benchmark's script reads best top to bottom, as pytorch/examples' `main` does."""
+def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", type=int, default=12)
     parser.add_argument("--max-epochs", type=int, default=9)
@@ -107,7 +105,12 @@ def main() -> None:
         parser.error("--address needs --tracking-uri (a server every node can reach)")
     if args.smoke:
         args.configs, args.max_epochs, args.subset, args.val_subset, args.reduction_factor = 3, 2, 256, 128, 2
+    return args
 
+
+def main() -> None:
+    """One server, both schedulers on the same configs, one line for a person and one JSON line."""
+    args = _args()
     configs = fixed_configs(args.configs, args.seed)
     work = Path(tempfile.mkdtemp(prefix="vaesearch-bench-"))
     data_dir = data.default_data_dir()
@@ -142,8 +145,19 @@ def main() -> None:
     finally:
         if not args.tracking_uri:
             server.stop(work / "mlflow")
+    summary = _summary(args, results)
+    print(
+        f"ASHA trained {summary['asha']['epochs']} epochs, FIFO {summary['fifo']['epochs']} "
+        f"({100 * summary['epoch_share']:.0f}%); best val loss ASHA {summary['asha']['best_val_loss']:.2f}, "
+        f"FIFO {summary['fifo']['best_val_loss']:.2f} ({100 * summary['best_gap']:+.2f}%); "
+        f"trial start to first batch: median {summary['setup_seconds_median']:.2f} s, "
+        f"max {summary['setup_seconds_max']:.2f} s; MLflow logging {100 * summary['log_share']:.2f}% of epoch time"
+    )
+    print(json.dumps(summary))
 
-    summary = {"configs": args.configs, "max_epochs": args.max_epochs, "subset": args.subset}
+
+def _summary(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+    summary: dict = {"configs": args.configs, "max_epochs": args.max_epochs, "subset": args.subset}
     for label, rows in results.items():
         summary[label] = {
             "epochs": sum(r["epochs"] for r in rows),
@@ -156,14 +170,7 @@ def main() -> None:
     summary["setup_seconds_max"] = max(r["setup_seconds"] for r in every)
     summary["setup_seconds_median"] = sorted(r["setup_seconds"] for r in every)[len(every) // 2]
     summary["log_share"] = sum(r["log_seconds"] for r in every) / sum(r["epoch_seconds"] for r in every)
-    print(
-        f"ASHA trained {summary['asha']['epochs']} epochs, FIFO {summary['fifo']['epochs']} "
-        f"({100 * summary['epoch_share']:.0f}%); best val loss ASHA {summary['asha']['best_val_loss']:.2f}, "
-        f"FIFO {summary['fifo']['best_val_loss']:.2f} ({100 * summary['best_gap']:+.2f}%); "
-        f"trial start to first batch: median {summary['setup_seconds_median']:.2f} s, "
-        f"max {summary['setup_seconds_max']:.2f} s; MLflow logging {100 * summary['log_share']:.2f}% of epoch time"
-    )
-    print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

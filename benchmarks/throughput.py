@@ -87,7 +87,7 @@ def agreement(epochs: int, n: int, device: torch.device, splits: dict, model: di
     return out
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000)
     for name in MODEL_PARAMS:
@@ -96,7 +96,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--agreement-epochs", type=int, default=3, help="epochs of the fp32/bf16 loss check")
     parser.add_argument("--smoke", action="store_true", help="a tiny size, so that a test runs it")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _args()
     n = 512 if args.smoke else args.images
     agree_images, agree_epochs = (512, 1) if args.smoke else (data.N_TRAIN, args.agreement_epochs)
     device = resolve_device(args.device)

@@ -64,10 +64,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     data.prepare(data_dir, log=lambda m: print(m, file=sys.stderr))
     result = train_to_folder(config, out.resolve(), data_dir, device)
     if uri:
-        from search.tracking import Tracker
+        from search.tracking import Tracker, log_training
 
-        run_id = Tracker(uri).log_training(
-            args.experiment, out.resolve(), config.to_dict(), str(result.stop), result.reason
+        run_id = log_training(
+            Tracker(uri), args.experiment, out.resolve(), config.to_dict(), str(result.stop), result.reason
         )
         print(f"logged to MLflow: experiment {args.experiment}, run {run_id}")
     return 1 if result.stop == EndState.FAILED else 0

@@ -172,7 +172,12 @@ def image_stem(key: str, step: int, timestamp_ms: int, unique: str) -> str:
 
 
 class Tracker:
-    """MLflow as the search uses it; every method names runs by id."""
+    """MLflow as the search uses it; every method names runs by id.
+
+    Longer than 120 lines on purpose: it is the one facade over MLflow that the
+    driver, the trials and `searches` share, so that each call's retries, names
+    and batching are decided in one place; its methods are short and grouped by caller.
+    """
 
     def __init__(self, tracking_uri: str) -> None:
         self.client = MlflowClient(tracking_uri)
@@ -334,25 +339,26 @@ class Tracker:
             self.client.log_artifacts(run_id, folder, "images")
         self.client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, "True")
 
-    # -- a single `vaesearch train` run --
 
-    def log_training(self, experiment: str, folder: Path, params: dict[str, Any], state: str, reason: str) -> str:
-        """One finished `train` folder as a run: params, a metric per epoch, checkpoint and grids."""
-        import csv
+def log_training(
+    tracker: Tracker, experiment: str, folder: Path, params: dict[str, Any], state: str, reason: str
+) -> str:
+    """One finished `vaesearch train` folder as a run: params, a metric per epoch, checkpoint and grids."""
+    import csv
 
-        run = self.client.create_run(self.experiment_id(experiment), run_name=folder.name)
-        run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        with open(folder / "metrics.csv") as f:
-            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        best = float("inf")
-        for row in rows:  # metrics.csv has no running minimum; MLflow gets it as in a search
-            best = min(best, row["val_loss"])
-            row["best_val_loss"] = best
-        self.log_epochs(run_id, rows, skip=set())
-        for name in ("checkpoint.pt", "config.json", "metrics.csv", "samples.png", "manifold.png"):
-            if (folder / name).exists():
-                self.log_artifact(run_id, folder / name)
-        self.set_tags(run_id, {END_STATE: state, END_REASON: reason})
-        self.finish(run_id, "FAILED" if state == EndState.FAILED else "FINISHED")
-        return run_id
+    client = tracker.client
+    run_id = client.create_run(tracker.experiment_id(experiment), run_name=folder.name).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    with open(folder / "metrics.csv") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    best = float("inf")
+    for row in rows:  # metrics.csv has no running minimum; MLflow gets it as in a search
+        best = min(best, row["val_loss"])
+        row["best_val_loss"] = best
+    tracker.log_epochs(run_id, rows, skip=set())
+    for name in ("checkpoint.pt", "config.json", "metrics.csv", "samples.png", "manifold.png"):
+        if (folder / name).exists():
+            tracker.log_artifact(run_id, folder / name)
+    tracker.set_tags(run_id, {END_STATE: state, END_REASON: reason})
+    tracker.finish(run_id, "FAILED" if state == EndState.FAILED else "FINISHED")
+    return run_id
