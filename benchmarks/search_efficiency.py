@@ -14,24 +14,29 @@ import argparse
 import dataclasses
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ray import tune
-from ray.tune.schedulers import FIFOScheduler
-
-from mlflow_server import server
 from search import environment
-from search.callbacks import SearchStopper, TrackingCallback
-from search.cluster import ray_init
-from search.config import validate
-from search.settings import TrialSettings
-from search.tracking import Tracker
-from search.trainable import train_trial
-from search.tuner import result_files, scheduler
-from vae import data
-from vae.records import DECODER, HIDDEN, LATENT
+
+# As `vaesearch` does, before MLflow is imported (it makes its telemetry client then) and its server starts.
+environment.configure(local_ray="--address" not in sys.argv)
+
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler  # noqa: E402
+
+from mlflow_server import server  # noqa: E402
+from search.callbacks import SearchStopper, TrackingCallback  # noqa: E402
+from search.cluster import ray_init  # noqa: E402
+from search.config import validate  # noqa: E402
+from search.settings import TrialSettings  # noqa: E402
+from search.tracking import Tracker  # noqa: E402
+from search.trainable import train_trial  # noqa: E402
+from search.tuner import result_files, scheduler  # noqa: E402
+from vae import data  # noqa: E402
+from vae.records import DECODER, HIDDEN, LATENT  # noqa: E402
 
 SPACE = {HIDDEN: [32, 64, 128, 256], DECODER: [1, 2, 3, 5, 6], LATENT: [2, 5, 10, 20]}
 
@@ -129,7 +134,6 @@ def main() -> None:
             }
         )
         settings = TrialSettings.of(cfg, url, "", "", data_dir)
-        environment.configure(local_ray=args.address is None)
         ray_init(args.address, log=lambda m: None)
         results = {
             "asha": run(

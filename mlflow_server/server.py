@@ -113,6 +113,8 @@ def _holder(info: ServerInfo) -> str | None:
     try:
         proc = psutil.Process(info.pid)
         started, command = proc.create_time(), proc.cmdline()
+    except psutil.ZombieProcess:  # the server, exited and not yet reaped: its workers may still run
+        return ""
     except psutil.NoSuchProcess:
         return None
     except psutil.Error as e:  # another user's process: not ours to signal

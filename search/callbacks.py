@@ -126,6 +126,9 @@ class SearchStopper(tune.Stopper):
 FailFast = SearchStopper  # its name before the budget; searches saved then pickled it under that name
 
 
+METRIC_WRITE = "metrics "  # how a metric write is named in the driver's queue
+
+
 class TrackingCallback(tune.Callback):
     """Logs each result's metrics to its trial's child run and tags how each trial ended."""
 
@@ -171,7 +174,7 @@ class TrackingCallback(tune.Callback):
         run_id, epoch = result.get("mlflow_run_id"), result.get("epoch")
         if run_id and epoch is not None and "val_loss" in result:  # a failure's closing report measured nothing
             row = {"epoch": epoch, **{k: result[k] for k in METRICS if k in result}}
-            self.sender.submit(f"metrics {run_id} epoch {epoch}", lambda: self._log_row(run_id, row))
+            self.sender.submit(f"{METRIC_WRITE}{run_id} epoch {epoch}", lambda: self._log_row(run_id, row))
 
     def _run_id(self, trial: Any) -> str | None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
@@ -203,8 +206,9 @@ class TrackingCallback(tune.Callback):
 
     @property
     def lost(self) -> int:
-        """The driver's writes (metrics, end tags) that never landed."""
-        return len(self._sender.lost) if self._sender is not None else 0
+        """The driver's writes that never landed, but metrics: the search's end sends every epoch MLflow lacks."""
+        lost = self._sender.lost if self._sender is not None else []
+        return sum(not what.startswith(METRIC_WRITE) for what in lost)
 
 
 def end_of(trial: Any, stopper: SearchStopper) -> tuple[str, str]:

@@ -293,7 +293,7 @@ def explain(error: UserError, args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    environment.configure(local_ray=getattr(args, "address", None) is None, verbose=getattr(args, "verbose", False))
+    environment.configure(args.command, getattr(args, "address", None) is None, getattr(args, "verbose", False))
     from search.config import SearchStopped
 
     try:

@@ -21,12 +21,14 @@ USAGE_DATA_OFF = {
     "RAY_USAGE_STATS_ENABLED": "0",  # Ray's usage stats from a Ray this process starts
 }
 
+# Where search.tracking does the patient retrying (a search, its trials, `searches`, `train`'s log), each
+# MLflow request fails fast; other commands keep MLflow's own retries (a promotion's upload on a slow link).
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+RETRYING = ("search", "searches", "train")
+
 DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    # Fail fast inside a request: search.tracking.patiently does the patient retrying.
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Ray's result files without TensorBoard's: MLflow is the record (and TBX complains of a failure's inf).
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
@@ -43,9 +45,9 @@ def usage_data_off() -> dict[str, str]:
     return {} if opted_in else dict(USAGE_DATA_OFF)
 
 
-def configure(local_ray: bool = True, verbose: bool = False) -> None:
-    """The one place vaesearch writes os.environ: its defaults, under whatever the user set."""
-    wanted = {**DEFAULTS, **usage_data_off()}
+def configure(command: str = "search", local_ray: bool = True, verbose: bool = False) -> None:
+    """The one place vaesearch writes os.environ: its defaults for `command`, under whatever the user set."""
+    wanted = {**DEFAULTS, **usage_data_off(), **(FAIL_FAST if command in RETRYING else {})}
     if local_ray:  # Ray 2.60 turns token auth on by itself when a token file exists; a local Ray needs none
         wanted["RAY_AUTH_MODE"] = "disabled"
     if not verbose:  # Ray's new console prints its banner even at verbose=0; the legacy one stays quiet

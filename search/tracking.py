@@ -107,6 +107,12 @@ class Sender:
         with self._done:
             return self._done.wait_for(lambda: self._pending == 0, timeout)
 
+    @property
+    def pending(self) -> int:
+        """Writes submitted and not yet landed or given up."""
+        with self._done:
+            return self._pending
+
     def abandon(self) -> int:
         """Give up on every write not yet landed (their files are about to go), each counted lost; how many."""
         before = len(self.lost)
@@ -118,9 +124,9 @@ class Sender:
                     break
                 self.lost.append(f"{what}: not sent in time")
                 self._pending -= 1
-            if self._pending:  # the one being written now: not confirmed, so not counted as landed
-                self.lost.append("a write in progress: not confirmed in time")
-                self._written_off, self._pending = self._written_off + self._pending, 0
+            # the one being written now (or submitted meanwhile): not confirmed, so not counted as landed
+            self.lost += ["a write in progress: not confirmed in time"] * self._pending
+            self._written_off, self._pending = self._written_off + self._pending, 0
             self._done.notify_all()
         return len(self.lost) - before
 

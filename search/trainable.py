@@ -116,7 +116,9 @@ class _Trial:
     def __enter__(self) -> _Trial:
         self.work = Path(tempfile.mkdtemp(prefix="vaesearch-trial-"))
         self.best = self.work / "best.pt"
-        self.uploads = Uploads(self.tracker, self.run_id, self.work, f"trial-{tune.get_context().get_trial_id()}")
+        tags = patiently(lambda: self.tracker.tags(self.run_id), "reading this trial's run")
+        name, before = f"trial-{tune.get_context().get_trial_id()}", int(tags.get(LOST_WRITES, 0))
+        self.uploads = Uploads(self.tracker, self.run_id, self.work, name, before)
         interval = self.settings.system_metrics_s
         self.monitor = self.tracker.system_metrics(self.run_id, interval, self.resumed) if interval else None
         return self
@@ -197,7 +199,7 @@ class _Trial:
             "best_val_loss": trainer.best_val_loss if trainer else math.inf,
             **result,
             "mlflow_run_id": self.run_id,
-            LOST_WRITES: self.uploads.lost,  # so far; the driver sums each trial's last
+            LOST_WRITES: self.uploads.unlanded(),  # so far; the driver sums each trial's last
         }
         if not checkpoint:
             tune.report(result)

@@ -30,6 +30,7 @@ from search.settings import TrialSettings
 from search.state import SearchState, checked_root, study_url
 from search.tracking import Tracker
 from vae import data
+from vae.files import file_in_the_way
 from vae.records import BATCH_SIZE, LOST_WRITES, LR, MODEL_PARAMS, RANKED_BY, EndState
 
 METRIC, MODE = RANKED_BY, "min"
@@ -131,7 +132,15 @@ def preflight(cfg: SearchConfig, resume: bool, address: str | None, log: Callabl
     if stored is not None:
         cfg = SearchConfig.model_validate(stored.config)
     check_precision(cfg, address, log)
+    blocking = file_in_the_way(data_folder(cfg))
+    if blocking:
+        raise SearchError("data.data_dir", f"{blocking} is a file; give a folder")
     return Checked(cfg, folder, stored)
+
+
+def data_folder(cfg: SearchConfig) -> Path:
+    """Where the search's MNIST copy is: the config's `data.data_dir`, else the user's cache."""
+    return Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
 
 
 def _state(cfg: SearchConfig, folder: Path, resume: bool, log: Callable[[str], None]) -> SearchState | None:
@@ -162,7 +171,7 @@ def run_search(
     cfg, folder, stored = checked.cfg, checked.folder, checked.stored
     tracker = Tracker(tracking_uri)
     cluster = ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no run
-    data_dir = Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
+    data_dir = data_folder(cfg)
     md5s = data.prepare(data_dir, log=lambda m: None)
     space = space_spec(cfg)
     if stored is not None:
@@ -242,7 +251,8 @@ def _restored_tuner(cfg: SearchConfig, folder: Path, tracker: Tracker, settings:
     saved = tuner._local_tuner
     assert saved is not None  # a Tuner restored on the driver runs there
     fail_fast = saved.get_run_config().stop or SearchStopper(min(4, cfg.budget.num_samples))
-    tracking = next(c for c in saved.get_run_config().callbacks or [] if isinstance(c, TrackingCallback))
+    callbacks = saved.get_run_config().callbacks or []
+    tracking = next((c for c in callbacks if isinstance(c, TrackingCallback)), None)  # None: saved before it was
     study = optuna.load_study(study_name=cfg.name, storage=study_url(folder))
     adopt_optuna_ends(tracker, settings.experiment_id, settings.parent_run_id, study)
     return tuner, fail_fast, tracking
@@ -279,7 +289,7 @@ def _tune(
     budget = "time" if out_of_time else "epoch" if fail_fast.spent else None
     # what never reached MLflow, as each trial last counted it (by its run) and as the driver did
     lost = {str(r.metrics.get("mlflow_run_id")): int(r.metrics.get(LOST_WRITES) or 0) for r in grid if r.metrics}
-    lost["driver"] = tracking.lost
+    lost["driver"] = tracking.lost if tracking is not None else 0
     return _after(cfg, tracker, folder, settings, grid, (fail_fast.reason, budget), log, lost)
 
 
@@ -303,7 +313,9 @@ def _after(
         end_unfinished(tracker, experiment_id, parent, f"search stopped: {stopped}")
         tracker.set_tags(parent, {"status": f"stopped: {stopped}"})
         tracker.finish(parent, "FAILED")
-        raise SearchStopped(f"search stopped: {stopped}")
+        total = _tally_lost(tracker, settings, folder, lost)
+        also = f"; {total} write(s) to MLflow never landed" if total else ""
+        raise SearchStopped(f"search stopped: {stopped}{also}")
     finished = grid.num_terminated + grid.num_errors
     if budget is None and (finished < len(grid) or len(grid) < cfg.budget.num_samples):
         end_unfinished(tracker, experiment_id, parent, "the search was interrupted", terminate=False)
@@ -330,20 +342,21 @@ def _after(
     return Outcome(False, len(grid), best, cfg.name, parent, lost_writes)
 
 
-def _keep_lost(folder: Path, count: int) -> None:
-    """The count of lost writes in the search's record, which needs no server."""
+def _keep_lost(folder: Path, count: int, final: bool = False) -> None:
+    """The count of lost writes in the search's record, which needs no server: a first count raises it, the
+    final tally (`final`) replaces it."""
     state = SearchState.load(folder)
-    if count > state.lost_writes:
+    if count != state.lost_writes and (final or count > state.lost_writes):
         dataclasses.replace(state, lost_writes=count).save(folder)
 
 
 def _tally_lost(tracker: Tracker, settings: TrialSettings, folder: Path, lost: dict[str, int]) -> int:
-    """Lost writes in all: each trial's count, as its run's tag has it where that is higher (written at its very
-    end, after its last report), and the driver's; on the parent run and in the record."""
-    tagged = {r.info.run_id: int(r.data.tags.get(LOST_WRITES, 0))
-              for r in tracker.children(settings.experiment_id, settings.parent_run_id)}  # fmt: skip
-    total = sum(max(lost.get(run, 0), tagged.get(run, 0)) for run in {*lost, *tagged})
+    """Lost writes in all: each trial's as its run's tag has it (its final word, written after its last
+    report), else as its last report did, and the driver's; on the parent run and in the record."""
+    runs = tracker.children(settings.experiment_id, settings.parent_run_id)
+    tagged = {r.info.run_id: int(r.data.tags[LOST_WRITES]) for r in runs if LOST_WRITES in r.data.tags}
+    total = sum(tagged.get(run, lost.get(run, 0)) for run in {*lost, *tagged})
     if total:
         tracker.set_tags(settings.parent_run_id, {LOST_WRITES: str(total)})
-        _keep_lost(folder, total)
+    _keep_lost(folder, total, final=True)
     return total

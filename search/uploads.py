@@ -25,13 +25,20 @@ TAG_LOST_S = 60.0  # how long a trial that lost writes keeps trying to say so on
 class Uploads:
     """A trial's artifact writes, in order, each retried until it lands or the server's patience runs out."""
 
-    def __init__(self, tracker: Tracker, run_id: str, work: Path, name: str) -> None:
+    def __init__(self, tracker: Tracker, run_id: str, work: Path, name: str, before: int = 0) -> None:
         self.tracker, self.run_id, self.work = tracker, run_id, work
+        self.before = before  # lost by earlier attempts of this trial (a retry, a resume), from its run's tag
+        self.said = before  # what the trial's last report said
         self.sender = Sender(name)
 
     @property
     def lost(self) -> int:
-        return len(self.sender.lost)
+        return self.before + len(self.sender.lost)
+
+    def unlanded(self) -> int:
+        """For a report: lost, and still under way (a trial may be stopped after any report); kept as said."""
+        self.said = self.lost + self.sender.pending
+        return self.said
 
     def grids(self, trainer: Any, epoch: int) -> None:
         """The epoch's sample grids as MLflow images with the epoch as step (the UI's step slider)."""
@@ -64,9 +71,13 @@ class Uploads:
             self.sender.abandon()
 
     def close(self) -> None:
-        """Settle, say on the run what was lost (if the server answers), end the thread: the folder may go."""
+        """Settle, say on the run what was lost (if the server answers), end the thread: the folder may go.
+
+        The run's tag is the trial's final word, which the driver prefers to its last report: writes
+        that report counted as under way may have landed since.
+        """
         self.settle()
-        if self.lost:
+        if self.lost or self.said:
             tags = {LOST_WRITES: str(self.lost), f"{LOST_WRITES}_what": "; ".join(self.sender.lost)[:4000]}
             try:
                 patiently(lambda: self.tracker.set_tags(self.run_id, tags), "tagging lost writes", TAG_LOST_S)

@@ -29,8 +29,9 @@ def test_a_command_turns_usage_data_off_before_mlflow_reads_it(tmp_path: Path) -
     code = (
         "import json, os, sys; from search.cli import main; "
         f"assert main(['searches', '--storage-path', {str(tmp_path)!r}]) == 0; "
-        "from mlflow.telemetry.utils import is_telemetry_disabled; "
-        f"print(json.dumps({{'env': {{k: os.environ.get(k) for k in {USAGE!r}}}, 'off': is_telemetry_disabled()}}))"
+        "from mlflow.telemetry.client import get_telemetry_client; "  # made (or not) when mlflow was imported
+        f"env = {{k: os.environ.get(k) for k in {USAGE!r}}}; "
+        "print(json.dumps({'env': env, 'off': get_telemetry_client() is None}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=as_a_user(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

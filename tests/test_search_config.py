@@ -95,3 +95,11 @@ def test_an_explicit_bf16_is_judged_where_the_trials_run(monkeypatch: pytest.Mon
     assert said == ["precision: bf16, judged by each trial on its node (param `precision`)"]
     with pytest.raises(ConfigError, match="bf16 cannot run here"):
         check_precision(cfg, None, said.append)
+
+
+def test_a_data_folder_that_is_a_file_is_refused_before_the_server_starts(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", data={"data_dir": str(tmp_path / "c.yaml")})
+    proc = cli("search", "--config", str(config), "--storage-path", str(tmp_path / "ray"),
+               env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert_one_line_error(proc, "data.data_dir", "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no embedded server's folder, no Ray state

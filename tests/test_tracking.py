@@ -51,7 +51,7 @@ def test_close_ends_the_thread_after_the_writes_before_it() -> None:
 
 
 def test_abandon_counts_every_write_not_landed_once_and_flush_returns() -> None:
-    sender, gate = Sender("test", give_up_after=30), threading.Event()
+    sender, gate = Sender("test", give_up_after=0.5), threading.Event()
 
     def stuck() -> None:  # a server that does not answer: retried until patience runs out
         gate.wait(5)
@@ -64,8 +64,9 @@ def test_abandon_counts_every_write_not_landed_once_and_flush_returns() -> None:
     assert sender.flush(timeout=0.1)
     gate.set()
     sender.close()
-    sender._thread.join(5)
-    assert len(sender.lost) == 3, sender.lost  # the one in progress, failing later, is not counted again
+    sender._thread.join(10)
+    assert not sender._thread.is_alive()  # the one in progress has failed for good by now
+    assert len(sender.lost) == 3, sender.lost  # and was not counted again
 
 
 def test_image_names_pass_the_servers_path_check_unchanged_and_parse_as_the_ui_parses_them() -> None:
