@@ -22,7 +22,7 @@ from analysis.runs import LOGGED_AT, Search, Trial, combine, is_trials_csv, sour
 from vae.checkpoint import load_model
 from vae.figures import sample_grids
 from vae.loss import PER_BATCH
-from vae.records import DECODER, DUPLICATE_OF, END_STATE, ENDED, HIDDEN, LATENT, METRICS
+from vae.records import DECODER, DUPLICATE_OF, END_STATE, ENDED, HIDDEN, LATENT, METRICS, MODEL_PARAMS
 
 # The seed report's minimum validation losses (sums over a batch of 64), by (hidden, decoder, latent):
 # Table 1 (decoder 1, Z=2, by H), Table 2 (H=128, Z=2, by decoder), Table 3 (H=128, decoder 6, by Z).
@@ -40,8 +40,7 @@ SEED_REPORT: dict[tuple[int, int, int], list[tuple[str, float]]] = {
     (128, 6, 20): [("Table 3", 5939.02)],
 }
 
-GROUPS = ((HIDDEN, "hidden size H"), (DECODER, "decoder id"), (LATENT, "latent size Z"))
-MODEL_PARAMS = tuple(param for param, _ in GROUPS)
+GROUPS = ((HIDDEN, "hidden size H"), (DECODER, "decoder id"), (LATENT, "latent size Z"))  # MODEL_PARAMS, titled
 
 
 def verdict(ours_per_image: float, seed_per64: float, so_far: bool = False) -> str:
