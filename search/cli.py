@@ -118,7 +118,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         **{"name": args.name, "tracking.tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
     )
     checked = preflight(cfg, args.resume, args.address)  # every refusal before a server starts or a file is written
-    uri = _given_server_or_start_embedded(cfg.tracking.tracking_uri, args.server_port)
+    uri = _given_server_or_start_embedded(checked.tracking_uri, args.server_port)
     outcome = run_search(checked, uri, address=args.address, verbose=args.verbose)
     if outcome.interrupted:
         again = f"vaesearch search --config {args.config} --name {cfg.name} --resume"

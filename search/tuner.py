@@ -120,22 +120,35 @@ class Checked:
     cfg: SearchConfig  # the stored config when resuming
     folder: Path  # the search's folder under the storage root
     stored: SearchState | None  # the record of the search to resume
+    tracking_uri: str | None  # the tracking server to use; None: the embedded one
 
 
 def preflight(cfg: SearchConfig, resume: bool, address: str | None, log: Callable[[str], None] = print) -> Checked:
     """Every check that can refuse a search, before any server starts or any file is written."""
-    check_config_for_cluster(address, cfg.tracking.tracking_uri)
-    if address is not None:
-        probe(address)
     folder = checked_root(cfg.storage_path) / cfg.name
     stored = _state(cfg, folder, resume, log)
+    uri = cfg.tracking.tracking_uri if stored is None else _resumed_uri(cfg.tracking.tracking_uri, stored)
     if stored is not None:
         cfg = SearchConfig.model_validate(stored.config)
+    check_config_for_cluster(address, uri)
+    if address is not None:
+        probe(address)
     check_precision(cfg, address, log)
     blocking = file_in_the_way(data_folder(cfg))
     if blocking:
         raise SearchError("data.data_dir", f"{blocking} is a file; give a folder")
-    return Checked(cfg, folder, stored)
+    return Checked(cfg, folder, stored, uri)
+
+
+def _resumed_uri(given: str | None, stored: SearchState) -> str | None:
+    """A resumed search goes on where its runs are: the server it ran on (None: the embedded one, as then)."""
+    if given and given.rstrip("/") != stored.tracking_uri.rstrip("/"):
+        raise SearchError(
+            "tracking_uri",
+            f"the search {stored.name} ran on {stored.tracking_uri}, where its runs are; "
+            "resume it there (leave out `tracking_uri`)",
+        )
+    return given or stored.config["tracking"]["tracking_uri"]
 
 
 def data_folder(cfg: SearchConfig) -> Path:

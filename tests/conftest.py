@@ -24,7 +24,7 @@ from tests.helpers import (
     ray_start,
     search,
     stop_cluster,
-    stop_processes,
+    stop_until_none,
     write_config,
 )
 from vae import data
@@ -39,12 +39,8 @@ def _marked_processes() -> list[int]:
 
 
 def _stop_everything_marked() -> None:
-    """Again until none is left: a Ray node being stopped may still start a worker, which carries the mark too."""
-    for grace in (5, 1, 1):
-        pids = _marked_processes() if Path("/proc").is_dir() else []
-        if not pids:
-            return
-        stop_processes(pids, grace)
+    if Path("/proc").is_dir():
+        stop_until_none(_marked_processes, grace=5)
 
 
 def _stopped_from_outside(signum: int, frame: object) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,15 @@ def stop_processes(pids: list[int], grace: float = 15.0) -> None:
             time.sleep(0.5)
 
 
+def stop_until_none(find: Callable[[], list[int]], grace: float, within: float = 30.0) -> None:
+    """Stop what `find` finds, again until it finds nothing (or `within` seconds passed): a Ray node being
+    stopped may still start a process (a worker, an agent it restarts), which carries the same mark."""
+    deadline = time.monotonic() + within
+    while (pids := find()) and time.monotonic() < deadline:
+        stop_processes(pids, grace)
+        grace = 1
+
+
 # `ray start` writes its address there; `--address auto` reads it
 RAY_CURRENT = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 
@@ -78,7 +88,7 @@ def ray_start(env: dict, num_cpus: int = 1, head_address: str | None = None) -> 
 def stop_cluster(cluster: str, address: str, before: str | None) -> None:
     """Stop the processes marked VAESEARCH_TEST_CLUSTER=`cluster` (`ray stop` would stop every Ray on the machine),
     and put back RAY_CURRENT as it was `before` the cluster started (None: there was none)."""
-    stop_processes(processes_with("VAESEARCH_TEST_CLUSTER", cluster), grace=3)  # Ray's own stop SIGKILLs after 5 s
+    stop_until_none(lambda: processes_with("VAESEARCH_TEST_CLUSTER", cluster), grace=3)  # `ray stop` SIGKILLs at 5 s
     if RAY_CURRENT.exists() and RAY_CURRENT.read_text().strip().endswith(":" + address.rpartition(":")[2]):
         if before is None:
             RAY_CURRENT.unlink()  # not a dead cluster's address left for `--address auto`

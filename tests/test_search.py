@@ -138,8 +138,11 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in out
 
-    again = search(config, "resume", mlflow_url, tmp_path / "ray", "--resume")
+    # resumed as a user would, without --tracking-uri: it goes on on the server it ran on, starting none
+    again = run_cli("search", "--config", str(config), "--name", "resume", "--storage-path", str(tmp_path / "ray"),
+                    "--resume", env=search_env(None, {"VAESEARCH_HOME": str(tmp_path / "home")}))  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
+    assert not (tmp_path / "home").exists() and "MLflow UI" not in again.stdout
     parent, kids = children(client, "resume")
     assert len(kids) == 5
     assert len({r.data.tags["ray_trial_id"] for r in kids}) == 5

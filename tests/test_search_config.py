@@ -103,3 +103,20 @@ def test_a_data_folder_that_is_a_file_is_refused_before_the_server_starts(tmp_pa
                env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
     assert_one_line_error(proc, "data.data_dir", "is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no embedded server's folder, no Ray state
+
+
+def test_a_search_resumes_on_the_server_it_ran_on_and_no_other(tmp_path: Path) -> None:
+    from search import config
+    from search.state import SearchState
+
+    started = config.load(write_config(tmp_path / "c.yaml")).override(
+        **{"tracking.tracking_uri": "http://127.0.0.1:9/"}
+    )
+    SearchState("tiny", started.model_dump(), "http://127.0.0.1:9/", "1", "0" * 32).save(tmp_path / "ray" / "tiny")
+    proc = cli("search", "--config", str(tmp_path / "c.yaml"), "--storage-path", str(tmp_path / "ray"), "--resume",
+               "--tracking-uri", "http://127.0.0.1:8", env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert_one_line_error(proc, "--tracking-uri", "ran on http://127.0.0.1:9/", "leave out --tracking-uri")
+    proc = cli("search", "--config", str(tmp_path / "c.yaml"), "--storage-path", str(tmp_path / "ray"), "--resume",
+               env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert_one_line_error(proc, "--tracking-uri", "no MLflow server answers at http://127.0.0.1:9/")  # not embedded
+    assert not (tmp_path / "home").exists()
