@@ -58,8 +58,22 @@ def stop_until_none(find: Callable[[], list[int]], grace: float, within: float =
     stopped may still start a process (a worker, an agent it restarts), which carries the same mark."""
     deadline = time.monotonic() + within
     while (pids := find()) and time.monotonic() < deadline:
-        stop_processes(pids, grace)
+        stop_processes(with_descendants(pids), grace)
         grace = 1
+
+
+def with_descendants(pids: list[int]) -> list[int]:
+    """`pids` and every process below them: Ray's agents (children of the raylet) retitle themselves over
+    the start of their environment, where the Raylet's reordering may have put a mark; this finds them anyway."""
+    import psutil
+
+    found = set(pids)
+    for pid in pids:
+        try:
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            continue
+    return sorted(found)
 
 
 # `ray start` writes its address there; `--address auto` reads it
