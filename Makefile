@@ -16,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# make run CONFIG=configs/other.yaml PORT=5050: another search config, another port for the embedded server
+CONFIG ?= configs/smoke.yaml
+PORT ?=
+
 run: venv
-	$(BIN)/vaesearch search --config configs/smoke.yaml --name smoke-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/vaesearch search --config $(CONFIG) --name $(basename $(notdir $(CONFIG)))-$$(date +%Y%m%d-%H%M%S) \
+		$(if $(strip $(PORT)),--server-port $(strip $(PORT)))
 
 test: lint
 	$(BIN)/python -m pytest

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure  # drawn straight to files: no pyplot, no GUI backend
+from matplotlib.ticker import MaxNLocator
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -154,6 +155,8 @@ def curves(trials: list[Trial], param: str, title: str, path: Path) -> Path:
         ax_kl.plot(epochs, [r.get("val_kl", math.nan) for r in t.history], marker="o", label=f"{param}={value}")
     ax_loss.set(title=f"validation loss by {title}", xlabel="epoch", ylabel="nats per image")
     ax_kl.set(title=f"validation KL by {title}", xlabel="epoch", ylabel="nats per image")
+    for ax in (ax_loss, ax_kl):  # epochs are whole: no 1.5 on the axis
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -6,6 +6,7 @@ and what is allowed, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
@@ -235,6 +236,7 @@ def validate(data: Any) -> SearchConfig:
     try:
         return SearchConfig.model_validate(data)
     except ValidationError as e:
+        _did_you_mean(e.errors())
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "config"
         ctx = err.get("ctx", {}).get("error")
@@ -244,6 +246,18 @@ def validate(data: Any) -> SearchConfig:
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         raise ConfigError(field, message, err.get("input") if err["type"] != "missing" else None) from None
+
+
+def _did_you_mean(errors: list[Any]) -> None:
+    """An unknown key beside a missing one it nearly spells (`num_sampels`) is named first, with the fix."""
+    missing = [tuple(err["loc"]) for err in errors if err["type"] == "missing"]
+    for err in errors:
+        if err["type"] != "extra_forbidden":
+            continue
+        *parent, key = err["loc"]
+        near = difflib.get_close_matches(str(key), [str(m[-1]) for m in missing if list(m[:-1]) == parent], n=1)
+        if near:
+            raise ConfigError(".".join(map(str, err["loc"])), f"unknown key; did you mean {near[0]}?") from None
 
 
 def load(path: str | Path) -> SearchConfig:

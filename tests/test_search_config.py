@@ -120,3 +120,10 @@ def test_a_search_resumes_on_the_server_it_ran_on_and_no_other(tmp_path: Path) -
                env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
     assert_one_line_error(proc, "--tracking-uri", "no MLflow server answers at http://127.0.0.1:9/")  # not embedded
     assert not (tmp_path / "home").exists()
+
+
+def test_a_misspelt_required_key_is_named_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    space = "space: {hidden: [8], decoder: [1], latent: [2]}"
+    path.write_text(f"name: t\n{space}\nbudget: {{num_sampels: 4, max_epochs: 1}}\n")
+    assert_one_line_error(cli("search", "--config", str(path)), "budget.num_sampels", "did you mean num_samples?")
