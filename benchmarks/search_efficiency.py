@@ -25,16 +25,18 @@ from search import environment
 environment.configure(local_ray="--address" not in sys.argv)
 
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from mlflow_server import server  # noqa: E402
-from search.callbacks import SearchStopper, TrackingCallback  # noqa: E402
+from search.callbacks import TrackingCallback  # noqa: E402
 from search.cluster import ray_init  # noqa: E402
 from search.config import validate  # noqa: E402
+from search.recorder import Recorder  # noqa: E402
+from search.schedulers import Fifo, scheduler  # noqa: E402
 from search.settings import TrialSettings  # noqa: E402
+from search.state import VERSION, SearchState  # noqa: E402
 from search.tracking import Tracker  # noqa: E402
 from search.trainable import train_trial  # noqa: E402
-from search.tuner import result_files, scheduler  # noqa: E402
+from search.tuner import result_files  # noqa: E402
 from vae import data  # noqa: E402
 from vae.records import DECODER, HIDDEN, LATENT  # noqa: E402
 
@@ -48,9 +50,7 @@ def fixed_configs(n: int, seed: int) -> list[dict]:
     return rng.sample(every, n)
 
 
-def run(
-    label: str, stopper, configs: list[dict], settings: TrialSettings, storage: Path, concurrent: int
-) -> list[dict]:
+def run(label: str, cfg, configs: list[dict], settings: TrialSettings, storage: Path, concurrent: int) -> list[dict]:
     def trial(config: dict, settings: TrialSettings) -> None:
         train_trial(config["point"], settings)
 
@@ -58,6 +58,9 @@ def run(
     exp = tracker.experiment_id(f"bench-{label}-{int(time.time())}")
     parent = tracker.start_parent(exp, label, params={"configs": json.dumps(configs)}, tags={})
     settings = dataclasses.replace(settings, experiment_id=exp, parent_run_id=parent)
+    state = SearchState(label, cfg.model_dump(), settings.tracking_uri, exp, parent, version=VERSION)
+    recorder = Recorder(state, storage / label)
+    stopper = scheduler(cfg, recorder) if label == "asha" else Fifo(recorder)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trial, settings=settings), {"cpu": settings.cpus}),
         param_space={"point": tune.grid_search(configs)},
@@ -68,7 +71,7 @@ def run(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[
                 *result_files(),
-                TrackingCallback(settings.tracking_uri, exp, parent, SearchStopper(len(configs))),
+                TrackingCallback(settings.tracking_uri, exp, parent, recorder),
             ],
             verbose=0,
         ),
@@ -136,15 +139,7 @@ def main() -> None:
         settings = TrialSettings.of(cfg, url, "", "", data_dir)
         ray_init(args.address, log=lambda m: None)
         results = {
-            "asha": run(
-                "asha",
-                scheduler(cfg),
-                configs,
-                settings,
-                work / "ray",
-                args.concurrent,
-            ),
-            "fifo": run("fifo", FIFOScheduler(), configs, settings, work / "ray", args.concurrent),
+            label: run(label, cfg, configs, settings, work / "ray", args.concurrent) for label in ("asha", "fifo")
         }
     finally:
         if not args.tracking_uri:

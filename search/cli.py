@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     data.prepare(data_dir, log=lambda m: print(m, file=sys.stderr))
     result = train_to_folder(config, out.resolve(), data_dir, device)
     if uri:
-        from search.tracking import Tracker, log_training
+        from search.tracking import Tracker
+        from search.train_runs import log_training
 
         run_id = log_training(
             Tracker(uri), args.experiment, out.resolve(), config.to_dict(), str(result.stop), result.reason

@@ -128,6 +128,7 @@ class Budget(_Strict):
     max_epochs: PositiveInt
     max_concurrent: PositiveInt = 4
     time_limit_s: Annotated[float, Field(gt=0)] | None = None
+    """Stop the search once its driver has run this long, the sessions of a resumed search counted together."""
     max_total_epochs: PositiveInt | None = None
     """Stop the search once its trials have trained this many epochs between them (replays are free)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import tune
 
-from search.callbacks import BUDGET_SPENT, SearchStopper, end_of
+from search.recorder import BUDGET_SPENT, Recorder
 from vae.records import DUPLICATE_OF, END_STATE, RANKED_BY, EndState, rankable
 
 PROGRESS_EVERY_S = 30.0
@@ -35,23 +35,19 @@ def _duplicate(result: dict[str, Any]) -> dict[str, str]:
 class Console(tune.Callback):
     """Trial events as single lines on stdout, and every `every` seconds where the search stands."""
 
-    def __init__(self, num_samples: int, stopper: SearchStopper, every: float = PROGRESS_EVERY_S) -> None:
+    def __init__(self, num_samples: int, recorder: Recorder, every: float = PROGRESS_EVERY_S) -> None:
         self.num_samples = num_samples
-        self.stopper = stopper
+        self.recorder = recorder
         self.every = every
-        self.ends: dict[str, str] = {}  # trial id -> end state
-        self._start()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:  # a resumed search counts its own time
-        state.setdefault("stopper", state.pop("fail_fast", None))  # pickled before the rename
-        self.__dict__.update(state)
-        self._start()
-
-    def _start(self) -> None:
-        """What this process has seen so far: rates for the time to go count only its own work."""
+        # what the record held when this process started: rates for the time to go count only its own work
         self._started = self._last = time.monotonic()
         self._done_at_start = len(self.ends)
-        self._epochs_at_start = len(self.stopper.trained)
+        self._epochs_at_start = recorder.state.trained
+
+    @property
+    def ends(self) -> dict[str, str]:
+        """Trial id -> end state, as the record has it."""
+        return {tid: t["end_state"] for tid, t in self.recorder.state.trials.items() if t.get("end_state")}
 
     def say(self, line: str) -> None:
         print(line, file=sys.stdout, flush=True)
@@ -63,12 +59,10 @@ class Console(tune.Callback):
         self.say(f"trial {trial.trial_id} lost its worker; Ray retries it from its last checkpoint")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.ends[trial.trial_id] = EndState.FAILED
         self.say(f"trial {trial.trial_id} failed for good after Ray's retries (see its run's end_reason)")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        state, reason = end_of(trial, self.stopper)
-        self.ends[trial.trial_id] = state
+        state, reason = self.recorder.ended(trial.trial_id, trial.last_result)
         last = trial.last_result or {}
         epoch, best = last.get("epoch"), last.get("best_val_loss")
         loss = f"best {best:.2f}" if isinstance(best, float) and math.isfinite(best) else "no loss"
@@ -92,18 +86,19 @@ class Console(tune.Callback):
         self.say(self.progress(trials, now - self._started))
 
     def progress(self, trials: list, elapsed: float) -> str:
-        states = list(self.ends.values())
+        ends = self.ends
+        states = list(ends.values())
         done = len(states)
         running = sum(t.status == "RUNNING" for t in trials)
         losses = [
             last[RANKED_BY]
             for t in trials
-            if rankable({END_STATE: self.ends.get(t.trial_id, ""), **_duplicate(last := t.last_result or {})},
+            if rankable({END_STATE: ends.get(t.trial_id, ""), **_duplicate(last := t.last_result or {})},
                         last.get(RANKED_BY))
         ]  # fmt: skip
         best = f"best {min(losses):.2f}" if losses else "no best yet"
-        epochs = len(self.stopper.trained)
-        budget = self.stopper.max_total_epochs
+        epochs = self.recorder.state.trained
+        budget = self.recorder.max_total_epochs
         spent = f", {epochs}/{budget} epochs of the budget" if budget else ""
         left = self.time_to_go(elapsed, done, epochs)
         to_go = f", about {_duration(left)} to go" if left is not None else ""
@@ -118,7 +113,7 @@ class Console(tune.Callback):
         estimates = []
         if done > self._done_at_start:
             estimates.append(elapsed / (done - self._done_at_start) * (self.num_samples - done))
-        budget = self.stopper.max_total_epochs
+        budget = self.recorder.max_total_epochs
         if budget and epochs > self._epochs_at_start:
             estimates.append(elapsed / (epochs - self._epochs_at_start) * max(budget - epochs, 0))
         return min(estimates) if estimates else None

@@ -1,7 +1,10 @@
-"""Where a search keeps what a resume needs, beside Ray's own state, and the type of that record.
+"""The one record of a search that a resume reads first, and where it lives.
 
-A search named NAME lives in `<storage root>/NAME/`: Ray's experiment state,
-`vaesearch.json` (this module's `SearchState`) and `optuna.db` (the study).
+A search named NAME lives in `<storage root>/NAME/`: `vaesearch.json` (this
+module's `SearchState`, written by the driver alone), `optuna.db` (the study,
+which the searcher asks and tells) and Ray's experiment state (the trials'
+checkpoints). Ray saves neither the scheduler nor why a search ended; the
+record does, so a resume builds fresh objects from it and trusts no pickle.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from search.config import SearchError, vaesearch_home
 from vae.files import atomic_write, file_in_the_way
 
 STATE_FILE = "vaesearch.json"
+VERSION = 2  # 1: vaesearch 0.1.0, whose resumes rebuilt Ray's pickled objects; it had no `version`
 
 
 def searches_root(storage_path: str | None) -> Path:
@@ -38,9 +42,18 @@ def study_url(folder: Path) -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class SearchState:
-    """A search's record: its config as validated at the start, and where MLflow keeps it."""
+    """A search's record: its config as validated at the start, where MLflow keeps it, and how far it got.
+
+    `trials` maps each Ray trial id to what the driver knows of it: `config` (the
+    sampled values), `optuna` (its number in the study), `epoch` (the last one
+    reported), `end_state` and `end_reason` once it ended, `stopped` (why the
+    scheduler stopped it, if it did). `scheduler` is the scheduler's own state
+    (ASHA: its rungs, `{epoch: {trial id: recorded value}}`). `ending` says why
+    the last session of the driver ended (`finished`, `interrupted`, a budget,
+    fail-fast); `spent_s` is the driver time earlier sessions spent, for the time budget.
+    """
 
     name: str
     config: dict[str, Any]
@@ -49,6 +62,13 @@ class SearchState:
     parent_run_id: str
     created: str = dataclasses.field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     lost_writes: int = 0  # MLflow writes its trials or driver gave up on, kept here even when MLflow is gone
+    version: int = 1  # a record without one is 0.1.0's
+    trials: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    scheduler: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ending: str | None = None  # a `search.recorder.Ending`
+    ending_reason: str = ""
+    spent_s: float = 0.0
+    first_ends: list[str | None] = dataclasses.field(default_factory=list)  # fail-fast: the first trials' errors
 
     @staticmethod
     def exists(folder: Path) -> bool:
@@ -57,6 +77,11 @@ class SearchState:
     @classmethod
     def load(cls, folder: Path) -> SearchState:
         return cls(**json.loads((folder / STATE_FILE).read_text()))
+
+    @property
+    def trained(self) -> int:
+        """Epochs the trials trained between them (a replay trains none), for `budget.max_total_epochs`."""
+        return sum(t.get("epoch", 0) for t in self.trials.values() if not t.get("replay"))
 
     def save(self, folder: Path) -> None:
         """Written atomically: a search killed here has either the whole record or none."""

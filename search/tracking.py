@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import queue
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,18 +21,11 @@ from mlflow.tracking import MlflowClient
 
 from search.environment import PATIENCE
 from vae.records import (
-    CONFIG_KEY,
-    DUPLICATE_OF,
-    END_REASON,
-    END_STATE,
-    ERROR_TYPE,
     KIND,
     METRICS,
     PARENT_TAG,
-    REPLAYABLE_STATES,
     SEARCH_TAG,
     TRIAL_ID,
-    EndState,
     epoch_rows,
 )
 
@@ -154,7 +145,7 @@ class Sender:
                 self._done.notify_all()
 
 
-def _text(tags: dict[str, Any]) -> dict[str, str]:
+def tag_text(tags: dict[str, Any]) -> dict[str, str]:
     """MLflow tags are strings; dicts and lists go as JSON."""
     return {k: (v if isinstance(v, str) else json.dumps(v))[:5000] for k, v in tags.items()}
 
@@ -164,25 +155,11 @@ def config_key(values: dict[str, Any]) -> str:
     return json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
 
 
-def image_stem(key: str, step: int, timestamp_ms: int, unique: str) -> str:
-    """The name MLflow's UI parses an image's key, step and time from: `key%step%S%timestamp%T%ID`.
-
-    The server URL-decodes an artifact path until it stops changing before it checks it, and
-    stores it under the decoded name: a `%` followed by two hex digits is read as an escape, so
-    step 23 (`%23`, "#") is refused and an id starting `2f` ("/") lands in a folder. Each field
-    after a `%` therefore starts with `00`: `%00` decodes to NUL, which the server escapes back
-    to the same `%00` (a `0N` prefix would not do: `%09` is a tab, which URL parsing drops),
-    and the UI's parseInt reads `0023` as 23.
-    """
-    return f"{key}%step%00{step}%timestamp%00{timestamp_ms}%00{unique}"
-
-
 class Tracker:
-    """MLflow as the search uses it; every method names runs by id.
+    """MLflow as the driver and `searches` use it, and what the trials' tracker builds on; runs by id.
 
-    Longer than 120 lines on purpose: it is the one facade over MLflow that the
-    driver, the trials and `searches` share, so that each call's retries, names
-    and batching are decided in one place; its methods are short and grouped by caller.
+    A trial's own calls (its run, twins, images, system metrics) are `search.trial_runs.TrialTracker`;
+    `vaesearch train`'s run is `search.train_runs.log_training`.
     """
 
     def __init__(self, tracking_uri: str) -> None:
@@ -201,13 +178,13 @@ class Tracker:
 
     def start_parent(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run = self.client.create_run(
-            experiment_id, run_name=name, tags=_text({SEARCH_TAG: name, KIND: "search", **tags})
+            experiment_id, run_name=name, tags=tag_text({SEARCH_TAG: name, KIND: "search", **tags})
         )
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _text(tags).items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tag_text(tags).items()])
 
     def children(self, experiment_id: str, parent_id: str) -> list:
         """The active child runs of a parent, every page of them."""
@@ -237,55 +214,6 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
-    # -- child runs (trials) --
-
-    def child_run(
-        self, experiment_id: str, parent_id: str, trial_id: str, trial_name: str, params: dict, tags: dict
-    ) -> str:
-        """This trial's run: found by its Ray trial id (a retry or resume continues it), else created."""
-        run = self.trial_run(experiment_id, parent_id, trial_id)
-        if run is not None:
-            self.set_tags(run.info.run_id, tags)  # a retry may run on another node
-        else:
-            run = self.client.create_run(
-                experiment_id,
-                run_name=trial_name,
-                tags={PARENT_TAG: parent_id, TRIAL_ID: trial_id, CONFIG_KEY: config_key(params), **_text(tags)},
-            )
-        self.log_params(run.info.run_id, params, held=run.data.params)  # both paths: a retried creation lost them
-        return run.info.run_id
-
-    def log_params(self, run_id: str, params: dict[str, Any], held: dict[str, str] | None = None) -> None:
-        """Log the params a run lacks; one it holds with another value (a retry elsewhere) becomes a tag."""
-        held = self.client.get_run(run_id).data.params if held is None else held
-        new = [Param(k, str(v)) for k, v in params.items() if k not in held]
-        changed = {f"{k}_on_retry": v for k, v in params.items() if k in held and held[k] != str(v)}
-        if new:
-            self.client.log_batch(run_id, params=new)
-        if changed:
-            self.set_tags(run_id, changed)
-
-    def finished_twin(self, experiment_id: str, parent_id: str, key: str, exclude: str) -> Any | None:
-        """A run of this search with the same sampled values that ended with a history to replay, if any.
-
-        A twin whose training raised (rather than diverged) is no answer: its config is trained again.
-        """
-        runs = self.client.search_runs(
-            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{CONFIG_KEY} = '{key}'"
-        )
-        for run in runs:
-            tags = run.data.tags
-            if run.info.run_id == exclude or DUPLICATE_OF in tags or ERROR_TYPE in tags:
-                continue
-            if tags.get(END_STATE) in REPLAYABLE_STATES and run.data.metrics.get("val_loss") is not None:
-                return run
-        return None
-
-    def end_of(self, run_id: str) -> tuple[str, str] | None:
-        """(end_state, end_reason) of a run that ended, else None."""
-        tags = self.tags(run_id)
-        return (tags[END_STATE], tags.get(END_REASON, "")) if END_STATE in tags else None
-
     def history(self, run_id: str, keys: Iterable[str] = METRICS) -> list[dict[str, float]]:
         """Per-epoch metrics of a run, as rows {epoch, key: value}, ordered by epoch."""
         return epoch_rows(keys, lambda key: self.client.get_metric_history(run_id, key))
@@ -310,61 +238,3 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
-
-    def system_metrics(self, run_id: str, interval_s: float, resumed: bool) -> Any:
-        """MLflow's system-metrics sampler (CPU, memory, disk, network, GPU where present) on a run, started.
-
-        Call `finish()` on what it returns. A resumed trial continues its steps.
-        """
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(
-            run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=self.client.tracking_uri
-        )
-        monitor.start()
-        return monitor
-
-    def log_image(self, run_id: str, pixels: Any, key: str, step: int) -> None:
-        """An image under `key` at `step`: the run page shows each key with a step slider.
-
-        Written as `MlflowClient.log_image(key=, step=)` writes it (a PNG, a compressed
-        WEBP the UI displays, the `mlflow.loggedImages` tag), but with the `%`-separated
-        names the UI also reads: MLflow 3.17's client names them with `+`, which its UI
-        requests unescaped, so the server reads a space and answers 404 ("No image
-        logged at this step", seen in Chromium).
-        """
-        from mlflow.tracking.multimedia import compress_image_size
-        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
-        from PIL import Image
-
-        image = Image.fromarray(pixels)
-        stem = image_stem(key, step, int(time.time() * 1000), uuid.uuid4().hex)
-        with tempfile.TemporaryDirectory() as folder:
-            image.save(Path(folder) / f"{stem}.png")
-            compress_image_size(image).save(Path(folder) / f"{stem}%compressed.webp")
-            self.client.log_artifacts(run_id, folder, "images")
-        self.client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, "True")
-
-
-def log_training(
-    tracker: Tracker, experiment: str, folder: Path, params: dict[str, Any], state: str, reason: str
-) -> str:
-    """One finished `vaesearch train` folder as a run: params, a metric per epoch, checkpoint and grids."""
-    import csv
-
-    client = tracker.client
-    run_id = client.create_run(tracker.experiment_id(experiment), run_name=folder.name).info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    with open(folder / "metrics.csv") as f:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    best = float("inf")
-    for row in rows:  # metrics.csv has no running minimum; MLflow gets it as in a search
-        best = min(best, row["val_loss"])
-        row["best_val_loss"] = best
-    tracker.log_epochs(run_id, rows, skip=set())
-    for name in ("checkpoint.pt", "config.json", "metrics.csv", "samples.png", "manifold.png"):
-        if (folder / name).exists():
-            tracker.log_artifact(run_id, folder / name)
-    tracker.set_tags(run_id, {END_STATE: state, END_REASON: reason})
-    tracker.finish(run_id, "FAILED" if state == EndState.FAILED else "FINISHED")
-    return run_id

@@ -21,7 +21,8 @@ import torch
 from ray import tune
 
 from search.settings import TrialSettings
-from search.tracking import Tracker, config_key, patiently
+from search.tracking import config_key, patiently
+from search.trial_runs import TrialTracker
 from search.uploads import FINAL_FLUSH_S, Uploads
 from vae import data
 from vae.config import TrainConfig
@@ -39,7 +40,7 @@ def _node_tags() -> dict[str, str]:
     return {"ray_node_id": ctx.get_node_id(), "ray_node_ip": ray.util.get_node_ip_address()}
 
 
-def replay(tracker: Tracker, run_id: str, twin: Any, rows: list[dict[str, float]]) -> None:
+def replay(tracker: TrialTracker, run_id: str, twin: Any, rows: list[dict[str, float]]) -> None:
     """Report a finished twin's stored epochs instead of training again, so ASHA's rungs stay honest."""
     patiently(lambda: tracker.set_tags(run_id, {DUPLICATE_OF: twin.info.run_id}), "tagging the duplicate")
     for i, row in enumerate(rows):
@@ -58,7 +59,7 @@ def train_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     Only a lost worker (nothing left to catch) is retried from the last checkpoint.
     """
     config = settings.config(sampled)
-    tracker = Tracker(settings.tracking_uri)
+    tracker = TrialTracker(settings.tracking_uri)
     run_id = _child_run(tracker, settings, sampled, {**_node_tags(), "train_config": config.to_dict()})
     resume_from = tune.get_checkpoint()
     if _ended_before(tracker, run_id) or (resume_from is None and _replayed(tracker, settings, run_id, sampled)):
@@ -70,7 +71,7 @@ def train_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
             trial.fail(e)
 
 
-def _child_run(tracker: Tracker, settings: TrialSettings, sampled: dict[str, Any], tags: dict[str, Any]) -> str:
+def _child_run(tracker: TrialTracker, settings: TrialSettings, sampled: dict[str, Any], tags: dict[str, Any]) -> str:
     ctx = tune.get_context()
     exp_id, parent = settings.experiment_id, settings.parent_run_id
     return patiently(
@@ -79,7 +80,7 @@ def _child_run(tracker: Tracker, settings: TrialSettings, sampled: dict[str, Any
     )
 
 
-def _ended_before(tracker: Tracker, run_id: str) -> bool:
+def _ended_before(tracker: TrialTracker, run_id: str) -> bool:
     """A run that ended before the driver was lost (which Ray's saved state may not know) reports its end at once."""
     ended = patiently(lambda: tracker.end_of(run_id), "reading how this trial ended")
     if not ended or ended[0] == EndState.KILLED:
@@ -90,7 +91,7 @@ def _ended_before(tracker: Tracker, run_id: str) -> bool:
     return True
 
 
-def _replayed(tracker: Tracker, settings: TrialSettings, run_id: str, sampled: dict[str, Any]) -> bool:
+def _replayed(tracker: TrialTracker, settings: TrialSettings, run_id: str, sampled: dict[str, Any]) -> bool:
     """A config a finished twin already trained is replayed from its history instead of trained again."""
     exp_id, parent = settings.experiment_id, settings.parent_run_id
     twin = patiently(lambda: tracker.finished_twin(exp_id, parent, config_key(sampled), exclude=run_id), "twins")
@@ -107,7 +108,7 @@ class _Trial:
     system-metrics sampler, and leaves nothing behind however the trial ends.
     """
 
-    def __init__(self, settings: TrialSettings, tracker: Tracker, run_id: str, resumed: bool) -> None:
+    def __init__(self, settings: TrialSettings, tracker: TrialTracker, run_id: str, resumed: bool) -> None:
         self.started = time.perf_counter()
         self.settings, self.tracker, self.run_id, self.resumed = settings, tracker, run_id, resumed
         self.rungs = set(settings.rung_epochs)

@@ -1,13 +1,17 @@
-"""Assemble and run a search: OptunaSearch (TPE) proposes, ASHA stops weak trials, MLflow records.
+"""Assemble and run a search: Optuna (TPE) proposes, ASHA stops weak trials, MLflow records.
 
 The flow: check the input, join Ray, start (or find) the parent run and the
-search's state (`search.state`), build or restore the Tuner, run it, then make
-MLflow and Optuna agree with Ray (`search.reconcile`).
+search's record (`search.state`), build the searcher, scheduler and callbacks
+fresh from the config and the record, run `tune.run` (resuming Ray's trials on
+`--resume`), then close the books from the record (`search.reconcile`).
+
+`tune.run(resume_config=...)` is the public path that resumes Ray's trials with
+objects built by the caller; `Tuner.restore` takes only the trainable and
+unpickles the rest, so a resume would run whatever classes were pickled.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -18,20 +22,14 @@ from typing import Any
 from search.cluster import check_config_for_cluster, probe, ray_init
 from search.config import SearchConfig, SearchError, SearchStopped
 from search.parent import best_child_run, start_parent
-from search.reconcile import (
-    adopt_optuna_ends,
-    end_running,
-    end_unfinished,
-    prune_unknown_runs,
-    reconcile,
-    trial_id_of,
-)
+from search.reconcile import end_unfinished, mend_from_record, reconcile
+from search.recorder import Ending, Recorder
 from search.settings import TrialSettings
-from search.state import SearchState, checked_root, study_url
+from search.state import VERSION, SearchState, checked_root, study_url
 from search.tracking import Tracker
 from vae import data
 from vae.files import file_in_the_way
-from vae.records import BATCH_SIZE, LOST_WRITES, LR, MODEL_PARAMS, RANKED_BY, EndState
+from vae.records import BATCH_SIZE, LOST_WRITES, LR, MODEL_PARAMS, RANKED_BY
 
 METRIC, MODE = RANKED_BY, "min"
 
@@ -60,29 +58,18 @@ def space_spec(cfg: SearchConfig) -> dict[str, Any]:
     return space
 
 
-def scheduler(cfg: SearchConfig) -> Any:
-    """ASHA over epochs, ranking by the running minimum of the validation loss; or FIFO (no stops)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def sampler(cfg: SearchConfig, number: int = 0) -> Any:
+    """The Optuna sampler for the study's `number`-th ask: TPE, or random search (TPE's baseline).
 
-    if cfg.scheduler == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="epoch",
-        metric=METRIC,
-        mode=MODE,
-        max_t=cfg.budget.max_epochs,
-        grace_period=cfg.asha.grace_period,
-        reduction_factor=cfg.asha.reduction_factor,
-    )
-
-
-def sampler(cfg: SearchConfig) -> Any:
-    """The Optuna sampler: TPE, or random search (the baseline a TPE search is measured against)."""
+    Seeded by the config's seed and the number, so a resumed search proposes what one that ran
+    through would have (a sampler's random state is not saved with the study).
+    """
     import optuna
 
+    seed = cfg.sampler.seed * 100_003 + number
     if cfg.sampler.kind == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.sampler.seed)
-    return optuna.samplers.TPESampler(seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.n_startup_trials)
 
 
 def result_files() -> list:
@@ -162,6 +149,12 @@ def _state(cfg: SearchConfig, folder: Path, resume: bool, log: Callable[[str], N
         if not SearchState.exists(folder):
             raise SearchError("resume", f"no search named {cfg.name} under {folder.parent}")
         stored = SearchState.load(folder)
+        if stored.version != VERSION:
+            raise SearchError(
+                "resume",
+                f"the search {cfg.name} was saved by vaesearch 0.1.0, whose state this version cannot resume; "
+                "start it again under another `name`",
+            )
         if stored.config != cfg.model_dump():
             log("note: resuming with the config stored at the search's start")
         return stored
@@ -193,13 +186,14 @@ def run_search(
     else:
         tags = {"storage_path": str(folder.parent), **cluster}
         experiment_id, parent = start_parent(tracker, cfg, space, study_url(folder), md5s, tags)
-        state = SearchState(cfg.name, cfg.model_dump(), tracking_uri, experiment_id, parent)
+        state = SearchState(cfg.name, cfg.model_dump(), tracking_uri, experiment_id, parent, version=VERSION)
         state.save(folder)
     log(f"search {cfg.name}: experiment {state.experiment_id}, parent run {state.parent_run_id}")
     log(f"config {json.dumps(cfg.model_dump())}")
+    recorder = Recorder(state, folder)
     try:
         settings = TrialSettings.of(cfg, tracking_uri, state.experiment_id, state.parent_run_id, data_dir)
-        return _tune(cfg, tracker, stored is not None, folder, space, settings, log, verbose)
+        return _tune(cfg, tracker, recorder, stored is not None, space, settings, log, verbose)
     except SearchStopped:  # already said on the parent run
         raise
     except BaseException as e:  # a search that dies says so on its parent run
@@ -210,81 +204,52 @@ def run_search(
         raise
 
 
-def _tuner(cfg: SearchConfig, folder: Path, space: dict, settings: TrialSettings, trainable: Any, verbose: bool):
-    """A new Tuner, and the fail-fast stopper it shares with the tracking callback."""
+def _study(cfg: SearchConfig, folder: Path, resume: bool) -> Any:
+    """The search's Optuna study, in its folder; a new one holds the config's fixed points, waiting in order."""
     import optuna
+
+    storage = optuna.storages.RDBStorage(study_url(folder))
+    if resume:
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler(cfg))
+    study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler(cfg), direction="minimize")
+    for point in cfg.points:
+        study.enqueue_trial(dict(point))
+    return study
+
+
+def _ray_saved(folder: Path) -> bool:
+    """Ray saved its experiment state (a driver killed in its first seconds may not have): there is
+    something for `tune.run` to resume, which otherwise logs a traceback and starts afresh."""
+    return any(folder.glob("experiment_state-*.json"))  # Ray's TuneController.CKPT_FILE_TMPL
+
+
+def _resume_config() -> Any:
+    """Ray's trials resume where they were, errored ones too (a trial that failed for good reports its
+    end again at once, from its run)."""
     from ray import tune
 
-    from search.callbacks import PruningAwareOptunaSearch, SearchStopper, TrackingCallback
-    from search.console import Console
-
-    fail_fast = SearchStopper(min(4, cfg.budget.num_samples), cfg.budget.max_total_epochs)
-    searcher = PruningAwareOptunaSearch(
-        space=space,
-        metric=METRIC,
-        mode=MODE,
-        sampler=sampler(cfg),
-        points_to_evaluate=[dict(p) for p in cfg.points] or None,
-        study_name=cfg.name,
-        storage=optuna.storages.RDBStorage(study_url(folder)),
-    )
-    tracking = TrackingCallback(settings.tracking_uri, settings.experiment_id, settings.parent_run_id, fail_fast)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler(cfg),
-            num_samples=cfg.budget.num_samples,
-            max_concurrent_trials=cfg.budget.max_concurrent,
-            time_budget_s=cfg.budget.time_limit_s,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=cfg.name,
-            storage_path=str(folder.parent),
-            stop=fail_fast,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=2),  # lost workers only: trials catch their errors
-            callbacks=[*result_files(), tracking, Console(cfg.budget.num_samples, fail_fast)],
-            verbose=2 if verbose else 0,
-        ),
-    )
-    return tuner, fail_fast, tracking
-
-
-def _restored_tuner(cfg: SearchConfig, folder: Path, tracker: Tracker, settings: TrialSettings, trainable: Any):
-    """The saved Tuner, after MLflow has adopted the ends Optuna was told of since Ray last saved."""
-    import optuna
-    from ray import tune
-
-    from search.callbacks import SearchStopper, TrackingCallback
-
-    tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    # the one pickled with the search's callbacks (a search saved before fail-fast existed has none)
-    saved = tuner._local_tuner
-    assert saved is not None  # a Tuner restored on the driver runs there
-    fail_fast = saved.get_run_config().stop or SearchStopper(min(4, cfg.budget.num_samples))
-    callbacks = saved.get_run_config().callbacks or []
-    tracking = next((c for c in callbacks if isinstance(c, TrackingCallback)), None)  # None: saved before it was
-    study = optuna.load_study(study_name=cfg.name, storage=study_url(folder))
-    adopt_optuna_ends(tracker, settings.experiment_id, settings.parent_run_id, study)
-    return tuner, fail_fast, tracking
+    return tune.ResumeConfig(errored=tune.ResumeConfig.ResumeType.RESUME)  # type: ignore[arg-type]
 
 
 def _tune(
     cfg: SearchConfig,
     tracker: Tracker,
+    recorder: Recorder,
     resume: bool,
-    folder: Path,
     space: dict,
     settings: TrialSettings,
     log: Callable[[str], None],
     verbose: bool = False,
 ) -> Outcome:
-    """Build (or restore) the Tuner, run it, then reconcile MLflow with what Ray knows."""
+    """Build the searcher, scheduler and callbacks from the config and the record, run them, close the books."""
     import optuna
     from ray import tune
 
+    from search.callbacks import TrackingCallback
+    from search.console import Console
+    from search.recorder import RecordCallback
+    from search.schedulers import scheduler
+    from search.searcher import StudySearcher
     from search.trainable import train_trial
 
     if not verbose:
@@ -292,78 +257,79 @@ def _tune(
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings), {"cpu": settings.cpus, "gpu": settings.gpus}
     )
-    if resume and (folder / "tuner.pkl").exists():
-        tuner, fail_fast, tracking = _restored_tuner(cfg, folder, tracker, settings, trainable)
-    else:
-        tuner, fail_fast, tracking = _tuner(cfg, folder, space, settings, trainable, verbose)
-    started = time.monotonic()
-    grid = tuner.fit()
-    out_of_time = cfg.budget.time_limit_s is not None and time.monotonic() - started >= cfg.budget.time_limit_s
-    budget = "time" if out_of_time else "epoch" if fail_fast.spent else None
+    folder = recorder.folder
+    study = _study(cfg, folder, resume)
+    resumable = resume and _ray_saved(folder)
+    if resume:
+        known = {t.trial_id for t in tune.ExperimentAnalysis(str(folder)).trials} if resumable else set()
+        mend_from_record(recorder, tracker, study, known)
+    tracking = TrackingCallback(settings.tracking_uri, settings.experiment_id, settings.parent_run_id, recorder)
+    analysis = tune.run(
+        trainable,
+        name=cfg.name,
+        storage_path=str(folder.parent),
+        search_alg=StudySearcher(study, space, recorder, lambda number: sampler(cfg, number)),
+        scheduler=scheduler(cfg, recorder),
+        num_samples=cfg.budget.num_samples,
+        max_concurrent_trials=cfg.budget.max_concurrent,
+        reuse_actors=True,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        max_failures=2,  # lost workers only: trials catch their errors
+        callbacks=[*result_files(), RecordCallback(recorder), tracking, Console(cfg.budget.num_samples, recorder)],
+        verbose=2 if verbose else 0,
+        raise_on_failed_trial=False,
+        resume_config=_resume_config() if resumable else None,
+    )
+    recorder.close()
     # what never reached MLflow, as each trial last counted it (by its run) and as the driver did
-    lost = {str(r.metrics.get("mlflow_run_id")): int(r.metrics.get(LOST_WRITES) or 0) for r in grid if r.metrics}
-    lost["driver"] = tracking.lost if tracking is not None else 0
-    return _after(cfg, tracker, folder, settings, grid, (fail_fast.reason, budget), log, lost)
+    lasts = [t.last_result or {} for t in analysis.trials]
+    lost = {str(last.get("mlflow_run_id")): int(last.get(LOST_WRITES) or 0) for last in lasts}
+    lost["driver"] = tracking.lost
+    return _after(cfg, tracker, recorder, study, settings, analysis.trials, log, lost)
 
 
 def _after(
     cfg: SearchConfig,
     tracker: Tracker,
-    folder: Path,
+    recorder: Recorder,
+    study: Any,
     settings: TrialSettings,
-    grid: Any,
-    stops: tuple[str | None, str | None],
+    trials: list,
     log: Callable[[str], None],
     lost: dict[str, int],
 ) -> Outcome:
-    """Close the search's books: how it ended, on the parent run, in MLflow and in Optuna."""
-    import optuna
-
+    """Close the search's books from the record: how it ended, on the parent run, in MLflow and in Optuna."""
+    state = recorder.state
     experiment_id, parent = settings.experiment_id, settings.parent_run_id
-    stopped, budget = stops  # the fail-fast stopper's reason; the budget (time, epoch) that ran out
-    _keep_lost(folder, sum(lost.values()))  # first: the server may be why they were lost
-    if stopped:
-        end_unfinished(tracker, experiment_id, parent, f"search stopped: {stopped}")
-        tracker.set_tags(parent, {"status": f"stopped: {stopped}"})
-        tracker.finish(parent, "FAILED")
-        total = _tally_lost(tracker, settings, folder, lost)
-        also = f"; {total} write(s) to MLflow never landed" if total else ""
-        raise SearchStopped(f"search stopped: {stopped}{also}")
-    finished = grid.num_terminated + grid.num_errors
-    if budget is None and (finished < len(grid) or len(grid) < cfg.budget.num_samples):
-        end_unfinished(tracker, experiment_id, parent, "the search was interrupted", terminate=False)
+    _keep_lost(recorder, sum(lost.values()))  # first: the server may be why they were lost
+    if state.ending == Ending.INTERRUPTED:
         tracker.set_tags(parent, {"status": "interrupted"})
-        return Outcome(True, len(grid), None, cfg.name, parent)
-    # A budget (time, epochs) stops trials the callbacks may not hear of, and leaves Optuna's last ones RUNNING.
-    # The epoch budget cuts them as ASHA would, with what they measured intact: pruned, as end_of names them.
-    if budget == "epoch":
-        from search.callbacks import budget_cut
-
-        state, reason = budget_cut(cfg.budget.max_total_epochs)
-    else:
-        state, reason = EndState.KILLED, f"the search's {budget} budget ran out"
-    end_unfinished(tracker, experiment_id, parent, reason, state=state)
-    end_running(optuna.load_study(study_name=cfg.name, storage=study_url(folder)), pruned=state == EndState.PRUNED)
-    reconcile(tracker, grid)
-    removed = prune_unknown_runs(tracker, experiment_id, parent, {trial_id_of(r) for r in grid})
-    if removed:
-        log(f"deleted {removed} MLflow run(s) of trials the restored search does not know")
+        return Outcome(True, len(trials), None, cfg.name, parent)
+    end_unfinished(recorder, tracker, study, experiment_id, parent)
+    if state.ending == Ending.FAIL_FAST:
+        tracker.set_tags(parent, {"status": f"stopped: {state.ending_reason}"})
+        tracker.finish(parent, "FAILED")
+        total = _tally_lost(tracker, settings, recorder, lost)
+        also = f"; {total} write(s) to MLflow never landed" if total else ""
+        raise SearchStopped(f"search stopped: {state.ending_reason}{also}")
+    reconcile(tracker, trials)
     best = best_child_run(tracker, experiment_id, parent)
-    lost_writes = _tally_lost(tracker, settings, folder, lost)
+    lost_writes = _tally_lost(tracker, settings, recorder, lost)
     tracker.set_tags(parent, {"status": "finished", **({"best_run_id": best["run_id"]} if best else {})})
     tracker.finish(parent)
-    return Outcome(False, len(grid), best, cfg.name, parent, lost_writes)
+    return Outcome(False, len(trials), best, cfg.name, parent, lost_writes)
 
 
-def _keep_lost(folder: Path, count: int, final: bool = False) -> None:
+def _keep_lost(recorder: Recorder, count: int, final: bool = False) -> None:
     """The count of lost writes in the search's record, which needs no server: a first count raises it, the
     final tally (`final`) replaces it."""
-    state = SearchState.load(folder)
+    state = recorder.state
     if count != state.lost_writes and (final or count > state.lost_writes):
-        dataclasses.replace(state, lost_writes=count).save(folder)
+        state.lost_writes = count
+        recorder.save()
 
 
-def _tally_lost(tracker: Tracker, settings: TrialSettings, folder: Path, lost: dict[str, int]) -> int:
+def _tally_lost(tracker: Tracker, settings: TrialSettings, recorder: Recorder, lost: dict[str, int]) -> int:
     """Lost writes in all: each trial's as its run's tag has it (its final word, written after its last
     report), else as its last report did, and the driver's; on the parent run and in the record."""
     runs = tracker.children(settings.experiment_id, settings.parent_run_id)
@@ -371,5 +337,5 @@ def _tally_lost(tracker: Tracker, settings: TrialSettings, folder: Path, lost: d
     total = sum(tagged.get(run, lost.get(run, 0)) for run in {*lost, *tagged})
     if total:
         tracker.set_tags(settings.parent_run_id, {LOST_WRITES: str(total)})
-    _keep_lost(folder, total, final=True)
+    _keep_lost(recorder, total, final=True)
     return total

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from search.tracking import Sender, Tracker, patiently
+from search.tracking import Sender, patiently
+from search.trial_runs import TrialTracker
 from vae.figures import grid_pixels, grids
 from vae.records import LOST_WRITES
 
@@ -25,7 +26,7 @@ TAG_LOST_S = 60.0  # how long a trial that lost writes keeps trying to say so on
 class Uploads:
     """A trial's artifact writes, in order, each retried until it lands or the server's patience runs out."""
 
-    def __init__(self, tracker: Tracker, run_id: str, work: Path, name: str, before: int = 0) -> None:
+    def __init__(self, tracker: TrialTracker, run_id: str, work: Path, name: str, before: int = 0) -> None:
         self.tracker, self.run_id, self.work = tracker, run_id, work
         self.before = before  # lost by earlier attempts of this trial (a retry, a resume), from its run's tag
         self.said = before  # what the trial's last report said

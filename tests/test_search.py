@@ -106,13 +106,26 @@ def test_searches_lists_the_search(finished: dict) -> None:
     assert row["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
 
 
-def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_path: Path) -> None:
-    """Ctrl-C as a user gives it, to a search with a Ray of its own (the default), then --resume."""
+def decisions(storage: Path, name: str) -> list[tuple]:
+    """What the search made of each trial, in the order it asked for them: values, end, last epoch."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
+    return [(t.params, t.state.name, max(t.intermediate_values, default=0)) for t in study.trials]
+
+
+def test_interrupt_then_resume_finishes_every_trial_once_and_promotes_as_a_search_that_ran_through(
+    mlflow_url: str, ray_head: str, tmp_path: Path
+) -> None:
+    """Ctrl-C as a user gives it, to a search with a Ray of its own (the default), then --resume.
+
+    One trial at a time, random proposals seeded, ASHA at epochs 1 and 2; the Ctrl-C comes once two
+    trials have ended and a third is under way. ASHA's rungs before the interrupt judge the trials after it.
+    """
     config = write_config(
         tmp_path / "resume.yaml",
         space={"hidden": [8, 16, 24, 32], "decoder": [1, 6], "latent": [2, 3]},
-        budget={"num_samples": 5, "max_epochs": 3, "max_concurrent": 1},
-        asha={"grace_period": 3, "reduction_factor": 2},
+        budget={"num_samples": 6, "max_epochs": 3, "max_concurrent": 1},
+        asha={"grace_period": 1, "reduction_factor": 2},
+        sampler={"kind": "random", "seed": 3},
         data={"subset": 512, "val_subset": 128},
     )
     cmd = [sys.executable, "-m", "search", *search_args(config, "resume", mlflow_url, tmp_path / "ray")]
@@ -122,13 +135,13 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
     )  # fmt: skip
     client = MlflowClient(mlflow_url)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait for one finished trial and a second one under way
+    while time.monotonic() < deadline:  # wait for two ended trials and a third one under way
         exp = client.get_experiment_by_name("resume")
         runs = client.search_runs([exp.experiment_id]) if exp else []
         ended = [r for r in runs if r.data.tags.get("end_state")]
-        if ended and len(runs) >= 3:
+        if len(ended) >= 2 and len(runs) >= 4:
             break
-        time.sleep(1)
+        time.sleep(0.5)
     else:
         proc.kill()
         pytest.fail("the search never got going")
@@ -137,6 +150,8 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in out
+    record = json.loads((tmp_path / "ray" / "resume" / "vaesearch.json").read_text())
+    assert record["ending"] == "interrupted" and record["scheduler"]["rungs"]["1"], record
 
     # resumed as a user would, without --tracking-uri: it goes on on the server it ran on, starting none
     again = run_cli("search", "--config", str(config), "--name", "resume", "--storage-path", str(tmp_path / "ray"),
@@ -144,14 +159,20 @@ def test_interrupt_then_resume_finishes_every_trial_once(mlflow_url: str, tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (tmp_path / "home").exists() and "MLflow UI" not in again.stdout
     parent, kids = children(client, "resume")
-    assert len(kids) == 5
-    assert len({r.data.tags["ray_trial_id"] for r in kids}) == 5
+    assert len(kids) == 6
+    assert len({r.data.tags["ray_trial_id"] for r in kids}) == 6
     for run in kids:
         assert run.data.tags["end_state"] in {"completed", "early_stopped", "pruned"}
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert len(steps) == len(set(steps)), steps
     for run_id, epochs in before.items():  # finished before the interrupt: not trained again
         assert len(client.get_metric_history(run_id, "val_loss")) == epochs
+
+    through = search(config, "through", mlflow_url, tmp_path / "ray", address=ray_head)
+    assert through.returncode == 0, through.stderr[-3000:]
+    expected = decisions(tmp_path / "ray", "through")
+    assert any(state == "PRUNED" for _, state, _ in expected[2:]), expected  # ASHA judged trials after the kill
+    assert decisions(tmp_path / "ray", "resume") == expected
 
 
 def test_train_logs_one_run_to_mlflow(mlflow_url: str, tmp_path: Path, mnist_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -107,18 +108,34 @@ def test_a_data_folder_that_is_a_file_is_refused_before_the_server_starts(tmp_pa
 
 def test_a_search_resumes_on_the_server_it_ran_on_and_no_other(tmp_path: Path) -> None:
     from search import config
-    from search.state import SearchState
+    from search.state import VERSION, SearchState
 
     started = config.load(write_config(tmp_path / "c.yaml")).override(
         **{"tracking.tracking_uri": "http://127.0.0.1:9/"}
     )
-    SearchState("tiny", started.model_dump(), "http://127.0.0.1:9/", "1", "0" * 32).save(tmp_path / "ray" / "tiny")
+    state = SearchState("tiny", started.model_dump(), "http://127.0.0.1:9/", "1", "0" * 32, version=VERSION)
+    state.save(tmp_path / "ray" / "tiny")
     proc = cli("search", "--config", str(tmp_path / "c.yaml"), "--storage-path", str(tmp_path / "ray"), "--resume",
                "--tracking-uri", "http://127.0.0.1:8", env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
     assert_one_line_error(proc, "--tracking-uri", "ran on http://127.0.0.1:9/", "leave out --tracking-uri")
     proc = cli("search", "--config", str(tmp_path / "c.yaml"), "--storage-path", str(tmp_path / "ray"), "--resume",
                env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
     assert_one_line_error(proc, "--tracking-uri", "no MLflow server answers at http://127.0.0.1:9/")  # not embedded
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_search_saved_by_0_1_0_is_refused_with_one_line(tmp_path: Path) -> None:
+    """0.1.0's record has no version; its resume rebuilt the searcher, scheduler and callbacks Ray pickled."""
+    from search import config
+
+    started = config.load(write_config(tmp_path / "c.yaml"))
+    old = {"name": "tiny", "config": started.model_dump(), "tracking_uri": "http://127.0.0.1:9/",
+           "experiment_id": "1", "parent_run_id": "0" * 32, "created": "2026-11-20T10:00:00"}  # fmt: skip
+    (tmp_path / "ray" / "tiny").mkdir(parents=True)
+    (tmp_path / "ray" / "tiny" / "vaesearch.json").write_text(json.dumps(old))
+    proc = cli("search", "--config", str(tmp_path / "c.yaml"), "--storage-path", str(tmp_path / "ray"), "--resume",
+               env={"VAESEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert_one_line_error(proc, "--resume", "saved by vaesearch 0.1.0", "another --name")
     assert not (tmp_path / "home").exists()
 
 

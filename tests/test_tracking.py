@@ -9,7 +9,8 @@ import uuid
 
 from mlflow.utils.uri import validate_path_is_safe
 
-from search.tracking import Sender, image_stem
+from search.tracking import Sender
+from search.trial_runs import image_stem
 
 
 def test_flush_waits_for_writes_submitted_while_the_queue_drains() -> None:

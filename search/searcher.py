@@ -1,0 +1,88 @@
+"""The searcher Ray Tune asks for configs: Optuna's ask/tell API over the study in the search's folder.
+
+Ray's OptunaSearch tells COMPLETE with the partial loss when ASHA stops a trial,
+and offers no public way to say PRUNED; this one tells Optuna exactly how each
+trial ended, as the recorder has it. Its state is the study (each Optuna trial
+carries its Ray trial id) and the record's trial table, so Ray's own copy of
+searcher state is neither written nor read (`save_to_dir`, `restore_from_dir`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from search.recorder import Ending, Recorder, measured
+from vae.records import RANKED_BY, TRIAL_ID, EndState
+
+OPTUNA_STATE: dict[str, TrialState] = {
+    EndState.COMPLETED: TrialState.COMPLETE,
+    EndState.EARLY_STOPPED: TrialState.COMPLETE,
+    EndState.PRUNED: TrialState.PRUNED,  # with its last intermediate value, as Optuna's tell sets it
+    EndState.FAILED: TrialState.FAIL,
+    EndState.KILLED: TrialState.FAIL,
+}
+
+
+class StudySearcher(Searcher):
+    """Asks the study for each new trial's values and tells it each epoch and each end."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: dict[str, Any],
+        recorder: Recorder,
+        sampler: Callable[[int], optuna.samplers.BaseSampler],
+    ) -> None:
+        super().__init__(metric=RANKED_BY, mode="min")
+        self.study, self.space, self.recorder, self.sampler = study, space, recorder, sampler
+        numbers = {tid: t["optuna"] for tid, t in recorder.state.trials.items() if "optuna" in t}
+        running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        # Optuna hands out a trial's handle only from ask(); a resumed trial's is rebuilt from its storage
+        # id, which FrozenTrial keeps as `_trial_id` (Optuna has no public accessor for it)
+        self.trials = {tid: optuna.Trial(study, running[n]._trial_id) for tid, n in numbers.items() if n in running}
+        self.reported = {tid: set(running[n].intermediate_values) for tid, n in numbers.items() if n in running}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        ending = self.recorder.state.ending
+        if ending is not None:  # an interrupted search is resumed: Ray must not save it as finished
+            return None if ending == Ending.INTERRUPTED else Searcher.FINISHED  # type: ignore[return-value]
+        self.study.sampler = self.sampler(len(self.study.get_trials(deepcopy=False)))  # seeded by the count
+        trial = self.study.ask(self.space)  # fixed points first: they wait in the study, enqueued at its start
+        trial.set_user_attr(TRIAL_ID, trial_id)
+        self.trials[trial_id], self.reported[trial_id] = trial, set()
+        self.recorder.added(trial_id, trial.params, trial.number)
+        return dict(trial.params)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.trials and measured(result):
+            self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The trial's value at its epoch (not Ray's iteration, which counts replays and resumes), once."""
+        epoch = int(result["epoch"])
+        if epoch not in self.reported[trial_id]:
+            self.trials[trial_id].report(result[RANKED_BY], epoch)
+            self.reported[trial_id].add(epoch)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self.trials.get(trial_id)
+        if trial is None:  # told in an earlier session
+            return
+        if result and measured(result):  # the last value, which Ray withholds from on_trial_result when it stops
+            self._report(trial_id, result)
+        # the record first, then Optuna: a driver lost between the two is mended from the record on resume
+        state = EndState.FAILED if error else self.recorder.ended(trial_id, result)[0]
+        values = (result or {}).get(RANKED_BY) if OPTUNA_STATE[state] == TrialState.COMPLETE else None
+        self.study.tell(trial, values, state=OPTUNA_STATE[state], skip_if_finished=True)
+        del self.trials[trial_id], self.reported[trial_id]
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Nothing for Ray to keep: the study and the record are the searcher's state."""
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """A resumed searcher is built from the study and the record, before Ray calls this."""
