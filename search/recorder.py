@@ -77,7 +77,7 @@ class Recorder:
             if result.get(DUPLICATE_OF):
                 trial["replay"] = True
         if self.time_limit_s is not None and self.spent_s() >= self.time_limit_s:
-            self.end(Ending.TIME, f"the search's time budget ({self.time_limit_s:g} s) ran out")
+            self.end(Ending.TIME, "the search's time budget ran out")
         elif self.max_total_epochs is not None and self.state.trained >= self.max_total_epochs:
             self.end(Ending.EPOCHS, f"{BUDGET_SPENT} ({self.max_total_epochs} epochs)")
 
@@ -92,7 +92,9 @@ class Recorder:
         """How a trial still running ends now that the search must end: None while it need not."""
         if self.state.ending == Ending.EPOCHS:
             return EndState.PRUNED, f"{BUDGET_SPENT} ({self.max_total_epochs} epochs) after epoch {epoch}"
-        if self.state.ending in (Ending.TIME, Ending.FAIL_FAST):
+        if self.state.ending == Ending.TIME:
+            return EndState.KILLED, self.state.ending_reason
+        if self.state.ending == Ending.FAIL_FAST:
             return EndState.KILLED, f"search stopped: {self.state.ending_reason}"
         return None
 
