@@ -61,22 +61,19 @@ def run(label: str, cfg, configs: list[dict], settings: TrialSettings, storage: 
     state = SearchState(label, cfg.model_dump(), settings.tracking_uri, exp, parent, version=VERSION)
     recorder = Recorder(state, storage / label)
     stopper = scheduler(cfg, recorder) if label == "asha" else Fifo(recorder)
-    tuner = tune.Tuner(
+    analysis = tune.run(  # as `vaesearch search` runs it: nothing of the callbacks is pickled
         tune.with_resources(tune.with_parameters(trial, settings=settings), {"cpu": settings.cpus}),
-        param_space={"point": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(scheduler=stopper, max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(
-            name=label,
-            storage_path=str(storage),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[
-                *result_files(),
-                TrackingCallback(settings.tracking_uri, exp, parent, recorder),
-            ],
-            verbose=0,
-        ),
+        config={"point": tune.grid_search(configs)},
+        scheduler=stopper,
+        max_concurrent_trials=concurrent,
+        name=label,
+        storage_path=str(storage),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[*result_files(), TrackingCallback(settings.tracking_uri, exp, parent, recorder)],
+        verbose=0,
+        raise_on_failed_trial=False,
     )
-    grid = tuner.fit()
+    grid = tune.ResultGrid(analysis)
     if grid.errors:
         raise SystemExit(f"{label}: {len(grid.errors)} trial(s) failed: {grid.errors[0]}")
     rows = []

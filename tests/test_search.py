@@ -314,7 +314,7 @@ def test_an_epoch_budget_caps_the_training_of_the_whole_search(mlflow_url: str, 
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16, 24], "decoder": [1, 3], "latent": [2]},
-        budget={"num_samples": 6, "max_epochs": 3, "max_concurrent": 2, "max_total_epochs": 5},
+        budget={"num_samples": 6, "max_epochs": 4, "max_concurrent": 2, "max_total_epochs": 5},
         sampler={"kind": "random", "seed": 1},
         scheduler="fifo",
     )
@@ -328,7 +328,7 @@ def test_an_epoch_budget_caps_the_training_of_the_whole_search(mlflow_url: str, 
         if "duplicate_of" not in r.data.tags
         for m in client.get_metric_history(r.info.run_id, "val_loss")
     ]
-    assert 5 <= len(trained) <= 5 + 1  # one trial reporting in the same step as the last may add its epoch
+    assert 5 <= len(trained) <= 5 + 1  # the other trial running stops at its next report, with that epoch
     assert len(kids) < 6  # the budget ended the search before every sample ran
     assert all(r.data.tags.get("end_state") for r in kids) and all(r.info.status != "RUNNING" for r in kids)
     stopped = [r for r in kids if "epoch budget" in r.data.tags["end_reason"]]
