@@ -11,8 +11,8 @@ from typing import Any
 from ray import tune
 
 from search.recorder import Recorder, error_line
-from search.tracking import Sender, Tracker
-from vae.records import END_REASON, END_STATE, METRICS, EndState
+from search.tracking import Sender, Tracker, run_status
+from vae.records import END_REASON, END_STATE, METRICS
 
 METRIC_WRITE = "metrics "  # how a metric write is named in the driver's queue
 
@@ -58,7 +58,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         state, reason = self.recorder.ended(trial.trial_id, trial.last_result)
-        self._end(trial, state, reason, "FAILED" if state in (EndState.FAILED, EndState.KILLED) else "FINISHED")
+        self._end(trial, state, reason, run_status(state))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         state, reason = self.recorder.ended(trial.trial_id, trial.last_result, error=error_line(trial))

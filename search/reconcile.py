@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from search.recorder import Recorder
 from search.searcher import OPTUNA_STATE
-from search.tracking import Tracker
+from search.tracking import Tracker, run_status
 from vae import checkpoint
 from vae.records import END_REASON, END_STATE, TRIAL_ID, EndState
 
@@ -22,7 +22,11 @@ from vae.records import END_REASON, END_STATE, TRIAL_ID, EndState
 def mend_from_record(recorder: Recorder, tracker: Tracker, study: Any, known: set[str]) -> None:
     """Before a resume: trials Ray's saved state lacks are forgotten everywhere; ends the record has
     reach Optuna and MLflow (a resumed trial then reports its end at once instead of training on)."""
+    points = recorder.state.config.get("points") or []
     for trial_id in set(recorder.state.trials) - known:
+        config = recorder.state.trials[trial_id].get("config")
+        if config in points:  # a fixed point Ray never saw starting: it waits in the study again
+            study.enqueue_trial(config)
         recorder.forget(trial_id)
     recorder.save()
     trials = recorder.state.trials
@@ -32,6 +36,7 @@ def mend_from_record(recorder: Recorder, tracker: Tracker, study: Any, known: se
             tracker.delete_run(run.info.run_id, "trial unknown to the resumed search (started after its last save)")
         elif trial.get("end_state") and run.data.tags.get(END_STATE) != trial["end_state"]:
             tracker.set_tags(run.info.run_id, {END_STATE: trial["end_state"], END_REASON: trial["end_reason"]})
+            tracker.finish(run.info.run_id, run_status(trial["end_state"]))
     tell_ends(recorder, study)
 
 
@@ -63,7 +68,7 @@ def end_unfinished(recorder: Recorder, tracker: Tracker, study: Any, experiment_
         trial = trials.get(run.data.tags.get(TRIAL_ID, ""), {})
         state = trial.get("end_state", EndState.KILLED)
         tracker.set_tags(run.info.run_id, {END_STATE: state, END_REASON: trial.get("end_reason", "")})
-        tracker.finish(run.info.run_id, "FAILED" if state in (EndState.FAILED, EndState.KILLED) else "FINISHED")
+        tracker.finish(run.info.run_id, run_status(state))
     tell_ends(recorder, study)
 
 

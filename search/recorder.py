@@ -1,9 +1,11 @@
 """The driver's account of a search, kept in its record: how each trial went, why the search stops.
 
 One `Recorder` per driver session owns the record (`search.state.SearchState`)
-and saves it at each fact that a resume needs. The searcher, the scheduler and
-the callbacks all ask it how a trial ended (`end_of`), so that Optuna, MLflow
-and the console say the same; it is written before any of them is told.
+and saves it at each fact that a resume needs. The scheduler reports results
+and stops to it; the searcher and the callbacks take each trial's end from it
+(`ended`), so that Optuna, MLflow and the console say the same, and the record
+has the end before Optuna or MLflow hear of it (but for a trial Ray failed for
+good, which Ray tells the searcher before any callback: Optuna FAIL, then the record).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class Recorder:
         self.state.ending, self.state.ending_reason = None, ""  # this session's own
 
     def save(self) -> None:
+        """The record as it stands, this session's time included (a driver killed later loses none)."""
+        now = time.monotonic()
+        self.state.spent_s += now - self.started
+        self.started = now
         self.state.save(self.folder)
 
     def forget(self, trial_id: str) -> None:
@@ -82,6 +88,7 @@ class Recorder:
             self.end(Ending.EPOCHS, f"{BUDGET_SPENT} ({self.max_total_epochs} epochs)")
 
     def spent_s(self) -> float:
+        """Driver time the search has spent, over all its sessions."""
         return self.state.spent_s + time.monotonic() - self.started
 
     def stopped(self, trial_id: str, state: str, reason: str) -> None:
@@ -91,7 +98,8 @@ class Recorder:
     def stop_reason(self, trial_id: str, epoch: Any) -> tuple[str, str] | None:
         """How a trial still running ends now that the search must end: None while it need not."""
         if self.state.ending == Ending.EPOCHS:
-            return EndState.PRUNED, f"{BUDGET_SPENT} ({self.max_total_epochs} epochs) after epoch {epoch}"
+            after = f" after epoch {epoch}" if epoch is not None else " before it started"
+            return EndState.PRUNED, f"{BUDGET_SPENT} ({self.max_total_epochs} epochs){after}"
         if self.state.ending == Ending.TIME:
             return EndState.KILLED, self.state.ending_reason
         if self.state.ending == Ending.FAIL_FAST:
@@ -133,9 +141,7 @@ class Recorder:
             self.save()
 
     def close(self) -> None:
-        """The session's end: its time joins the record's, with why it ended."""
-        self.state.spent_s = self.spent_s()
-        self.started = time.monotonic()
+        """The session's end: why it ended, if nothing said so before (the loop ran out of trials)."""
         self.end(Ending.FINISHED, "every trial ran its course")
         self.save()
 

@@ -29,6 +29,8 @@ class Fifo(FIFOScheduler):
         self.recorder = recorder
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        if self.recorder.state.trials.get(trial.trial_id, {}).get("end_state"):
+            return TrialScheduler.STOP  # ended in the record; Ray's older saved state resumed it
         self.recorder.reported(trial.trial_id, result)
         stop = self.recorder.stop_reason(trial.trial_id, result.get("epoch"))
         if stop:
@@ -41,7 +43,8 @@ class Fifo(FIFOScheduler):
         if self.recorder.state.ending is None:
             return super().choose_trial_to_run(tune_controller)
         stop = self.recorder.stop_reason("", None)  # None while interrupted: those resume
-        for trial in tune_controller.get_live_trials() if stop else []:
+        # a copy: stop_trial (which Ray lets schedulers call) discards from the set get_live_trials returns
+        for trial in list(tune_controller.get_live_trials()) if stop else []:
             if trial.status in (Trial.PENDING, Trial.PAUSED):
                 self.recorder.stopped(trial.trial_id, *stop)  # type: ignore[misc]
                 tune_controller.stop_trial(trial)

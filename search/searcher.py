@@ -9,6 +9,7 @@ searcher state is neither written nor read (`save_to_dir`, `restore_from_dir`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -77,8 +78,10 @@ class StudySearcher(Searcher):
             self._report(trial_id, result)
         # the record first, then Optuna: a driver lost between the two is mended from the record on resume
         state = EndState.FAILED if error else self.recorder.ended(trial_id, result)[0]
-        values = (result or {}).get(RANKED_BY) if OPTUNA_STATE[state] == TrialState.COMPLETE else None
-        self.study.tell(trial, values, state=OPTUNA_STATE[state], skip_if_finished=True)
+        told, value = OPTUNA_STATE[state], (result or {}).get(RANKED_BY)
+        if told == TrialState.COMPLETE and not (isinstance(value, float) and math.isfinite(value)):
+            told = TrialState.FAIL  # Optuna takes COMPLETE only with a value; nothing to rank it by
+        self.study.tell(trial, value if told == TrialState.COMPLETE else None, state=told, skip_if_finished=True)
         del self.trials[trial_id], self.reported[trial_id]
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:

@@ -26,6 +26,7 @@ from vae.records import (
     PARENT_TAG,
     SEARCH_TAG,
     TRIAL_ID,
+    EndState,
     epoch_rows,
 )
 
@@ -148,6 +149,12 @@ class Sender:
 def tag_text(tags: dict[str, Any]) -> dict[str, str]:
     """MLflow tags are strings; dicts and lists go as JSON."""
     return {k: (v if isinstance(v, str) else json.dumps(v))[:5000] for k, v in tags.items()}
+
+
+def run_status(end_state: str) -> str:
+    """The MLflow status of a run that ended so: FAILED, KILLED (stopped from outside), else FINISHED."""
+    statuses: dict[str, str] = {EndState.FAILED: "FAILED", EndState.KILLED: "KILLED"}
+    return statuses.get(end_state, "FINISHED")
 
 
 def config_key(values: dict[str, Any]) -> str:

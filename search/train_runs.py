@@ -7,8 +7,8 @@ from typing import Any
 
 from mlflow.entities import Param
 
-from search.tracking import Tracker
-from vae.records import END_REASON, END_STATE, EndState
+from search.tracking import Tracker, run_status
+from vae.records import END_REASON, END_STATE
 
 
 def log_training(
@@ -31,5 +31,5 @@ def log_training(
         if (folder / name).exists():
             tracker.log_artifact(run_id, folder / name)
     tracker.set_tags(run_id, {END_STATE: state, END_REASON: reason})
-    tracker.finish(run_id, "FAILED" if state == EndState.FAILED else "FINISHED")
+    tracker.finish(run_id, run_status(state))
     return run_id

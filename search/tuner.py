@@ -13,6 +13,7 @@ unpickles the rest, so a resume would run whatever classes were pickled.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -264,6 +265,7 @@ def _tune(
         known = {t.trial_id for t in tune.ExperimentAnalysis(str(folder)).trials} if resumable else set()
         mend_from_record(recorder, tracker, study, known)
     tracking = TrackingCallback(settings.tracking_uri, settings.experiment_id, settings.parent_run_id, recorder)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
     analysis = tune.run(
         trainable,
         name=cfg.name,
@@ -280,6 +282,8 @@ def _tune(
         raise_on_failed_trial=False,
         resume_config=_resume_config() if resumable else None,
     )
+    for sig, handler in handlers.items():  # Ray leaves its own installed: a Ctrl-C from here on interrupts
+        signal.signal(sig, handler)
     recorder.close()
     # what never reached MLflow, as each trial last counted it (by its run) and as the driver did
     lasts = [t.last_result or {} for t in analysis.trials]

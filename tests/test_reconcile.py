@@ -56,6 +56,7 @@ def test_a_resume_makes_mlflow_and_optuna_agree_with_the_record_for_every_state_
     client = MlflowClient(mlflow_url)
     tags = {t: client.get_run(r).data.tags for t, r in runs.items() if t != "unknown"}
     assert (tags["ended"][END_STATE], tags["ended"][END_REASON]) == ("pruned", "stopped by ASHA after epoch 1")
+    assert client.get_run(runs["ended"]).info.status == "FINISHED"
     assert tags["told"][END_STATE] == "completed"
     assert END_STATE not in tags["running"]  # Ray resumes it from its checkpoint
     assert client.get_run(runs["unknown"]).info.lifecycle_stage == "deleted"

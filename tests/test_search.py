@@ -292,7 +292,8 @@ def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, ra
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16, 24], "decoder": [1], "latent": [2]},
-        budget={"num_samples": 20, "max_epochs": 30, "max_concurrent": 2, "time_limit_s": 10},
+        # three at a time on the head's two CPUs: one trial waits for a CPU when the budget runs out
+        budget={"num_samples": 20, "max_epochs": 30, "max_concurrent": 3, "time_limit_s": 10},
         asha={"grace_period": 30, "reduction_factor": 2},
         data={"subset": 2048, "val_subset": 128},
     )
@@ -305,6 +306,9 @@ def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, ra
     assert all(r.data.tags.get("end_state") for r in kids) and all(r.info.status != "RUNNING" for r in kids)
     study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'ray/budget/optuna.db'}")
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    record = json.loads((tmp_path / "ray" / "budget" / "vaesearch.json").read_text())
+    assert record["ending"] == "time" and all(t["end_state"] for t in record["trials"].values())
+    assert len(record["trials"]) == len(study.trials) > len(kids)  # the one that never started: ended too
     listed = run_cli("searches", "--storage-path", str(tmp_path / "ray")).stdout.splitlines()
     assert json.loads(listed[0])["running"] == 0  # not running forever
 
