@@ -1,29 +1,30 @@
 """`vaesearch promote`: the best checkpoint, evaluated on the test split, into the Model Registry.
 
-The registered model is the decoder with a sigmoid (latent vectors in, digits
-out), because MLflow's default pt2 format keeps only `forward`; the full VAE
-checkpoint and its config ride along as artifacts of the same version for
-evaluation. The alias moves only to a model with a lower validation loss.
+One promotion run (`promote-<trial>`) registers the three models of
+`analysis/serving.py` (latent codes to images, images to codes, images to
+reconstructions); the full VAE checkpoint and its config ride along as
+artifacts of the run for evaluation. The alias moves, on all three together,
+only to a model with a lower validation loss.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.runs import AnalysisError, Search, Trial, load_search
+from analysis.serving import SERVED, Served, description, log_served, version_description
 from vae import data
 from vae.checkpoint import load_model
 from vae.config import TrainConfig
 from vae.evaluation import evaluate_split
-from vae.model import Generator
 from vae.records import KIND, LATENT
 
 
@@ -59,7 +60,7 @@ def _choose(search: Search, run_id: str | None) -> Trial:
     return best
 
 
-def _result(version: Any, moved: bool) -> dict[str, Any]:
+def _result(version: Any, moved: bool, models: dict[str, str]) -> dict[str, Any]:
     tags = version.tags
     return {
         "run_id": tags["source_run_id"],
@@ -69,6 +70,7 @@ def _result(version: Any, moved: bool) -> dict[str, Any]:
         "iwae_test": float(tags["iwae_test"]) if "iwae_test" in tags else None,
         "iw_samples": int(tags.get("iw_samples", 0)) or None,
         "alias_moved": moved,
+        "models": {name: int(v) for name, v in models.items()},
     }
 
 
@@ -86,18 +88,30 @@ def _set_alias(client: MlflowClient, name: str, alias: str, version: str) -> Non
 
 
 def rollback(client: MlflowClient, name: str, alias: str) -> dict[str, Any]:
-    """Point the alias back at the version that held it before."""
+    """Point the alias back at the version that held it before, on each of the champion's models."""
     try:
         model = client.get_registered_model(name)
     except MlflowException:
         raise AnalysisError("model_name", f"no registered model {name!r}") from None
-    history = json.loads(model.tags.get(_history_tag(alias), "[]"))
-    if not history:
+    if not json.loads(model.tags.get(_history_tag(alias), "[]")):
         raise AnalysisError("rollback", f"no earlier version of {name!r} held @{alias}")
-    previous = history.pop()
-    client.set_registered_model_tag(name, _history_tag(alias), json.dumps(history))
-    client.set_registered_model_alias(name, alias, previous)
-    return _result(client.get_model_version(name, previous), moved=True)
+    models = {}
+    for served in SERVED:
+        try:
+            history = json.loads(client.get_registered_model(served.name(name)).tags.get(_history_tag(alias), "[]"))
+        except MlflowException:  # a companion registered after this alias's history began
+            continue
+        if history:
+            previous = history.pop()
+            client.set_registered_model_tag(served.name(name), _history_tag(alias), json.dumps(history))
+            client.set_registered_model_alias(served.name(name), alias, previous)
+            models[served.name(name)] = previous
+    return _result(client.get_model_version(name, models[name]), moved=True, models=models)
+
+
+def _of_run(client: MlflowClient, name: str, run_id: str) -> Any | None:
+    """The version of a registered model that came from this run, if any."""
+    return next((v for v in _versions(client, name) if v.tags.get("source_run_id") == run_id), None)
 
 
 def promote(
@@ -110,40 +124,63 @@ def promote(
     iw_samples: int = 100,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Register the chosen run's best checkpoint; move the alias when it beats the champion (or --force)."""
+    """Register the chosen run's best checkpoint; move the alias when it beats the champion (or --force).
+
+    A run promoted before makes no new versions (only a model it lacks, such as one added since).
+    """
     search = load_search(client, experiment, with_history=False)
     trial = _choose(search, run_id)
-    existing = next((v for v in _versions(client, model_name) if v.tags.get("source_run_id") == trial.run_id), None)
-    if existing is not None:  # the same run promoted again: no new version, the same rule for the alias
-        moved = _move_alias(client, model_name, alias, existing, force)
-        return _result(client.get_model_version(model_name, existing.version), moved=moved)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(client.download_artifacts(trial.run_id, "checkpoint/best.pt", tmp))
-        except (MlflowException, OSError):
-            raise AnalysisError("run_id", f"run {trial.run_id} has no checkpoint/best.pt artifact") from None
-        model, config, _ = load_model(local)
-        tags = _measured(search, trial, model, config, iw_samples, data_dir)
-        folder = Path(tmp) / "vae"
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        local.rename(folder / "checkpoint.pt")
-        version, checkpoint_uri = _register(client, search, trial, model, config.latent, folder, model_name)
-    for key, value in {**tags, "checkpoint_uri": checkpoint_uri}.items():
-        client.set_model_version_tag(model_name, version, key, value)
-    registered = client.get_model_version(model_name, version)
+    have = {served: _of_run(client, served.name(model_name), trial.run_id) for served in SERVED}
+    missing = [served for served, version in have.items() if version is None]
+    versions: dict[str, str] = {}
+    if missing:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = Path(client.download_artifacts(trial.run_id, "checkpoint/best.pt", tmp))
+            except (MlflowException, OSError):
+                raise AnalysisError("run_id", f"run {trial.run_id} has no checkpoint/best.pt artifact") from None
+            model, config, _ = load_model(local)
+            main = have[SERVED[0]]
+            tags = (
+                dict(main.tags) if main is not None else _measured(search, trial, model, config, iw_samples, data_dir)
+            )
+            folder = Path(tmp) / "vae"
+            folder.mkdir()
+            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            local.rename(folder / "checkpoint.pt")
+            versions, checkpoint_uri = _register(
+                client, search, trial, model, config.latent, folder, model_name, missing
+            )
+        tags["checkpoint_uri"] = tags.get("checkpoint_uri", checkpoint_uri)
+        precision = trial.params.get("precision", "fp32")
+        for name, version in versions.items():
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version, key, value)
+            client.update_model_version(name, version, description=version_description(tags, precision))
+    models = {served.name(model_name): (v.version if v else "") for served, v in have.items()}
+    models.update(versions)
+    registered = client.get_model_version(model_name, models[model_name])
     moved = _move_alias(client, model_name, alias, registered, force)
-    return _result(registered, moved=moved)
+    holder = _by_alias(client, model_name, alias)
+    if holder is not None and holder.version == registered.version:  # the companions follow, added ones too
+        for name, version in models.items():
+            _set_alias(client, name, alias, version)
+    return _result(registered, moved=moved, models=models)
 
 
 def _measured(
     search: Search, trial: Trial, model: Any, config: TrainConfig, iw_samples: int, data_dir: Path | None
 ) -> dict[str, str]:
     """The version's tags: where it came from, its validation and test losses, the IWAE bound, the data's MD5s."""
+    from tqdm import tqdm
+
     splits = data.load(data_dir)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    say(f"evaluating run {trial.run_id} on the validation split ({len(splits['val']):,} images)")
     val = evaluate_split(model, config, "val", splits["val"])
-    test = evaluate_split(model, config, "test", splits["test"], iw_samples)
+    say(f"and on the test split ({len(splits['test']):,} images), with the IWAE bound at K={iw_samples}")
+    with tqdm(total=len(splits["test"]), desc=f"IWAE bound, K={iw_samples}", unit="img", file=sys.stderr) as bar:
+        test = evaluate_split(model, config, "test", splits["test"], iw_samples, progress=bar.update)
     return {
         "source_run_id": trial.run_id,
         "search": search.name,
@@ -169,25 +206,29 @@ def serving_requirements() -> list[str]:
 
 
 def _register(
-    client: MlflowClient, search: Search, trial: Trial, model: Any, latent: int, folder: Path, model_name: str
-) -> tuple[str, str]:
-    """Log the generator as an MLflow model (with the checkpoint beside it) in a promotion run; (version, URI)."""
+    client: MlflowClient,
+    search: Search,
+    trial: Trial,
+    model: Any,
+    latent: int,
+    folder: Path,
+    model_name: str,
+    wanted: list[Served],
+) -> tuple[dict[str, str], str]:
+    """Log the wanted models (with the checkpoint beside them) in a promotion run: ({name: version}, URI)."""
     mlflow.set_tracking_uri(client.tracking_uri)
+    print(f"registering {', '.join(s.name(model_name) for s in wanted)} from run {trial.run_id}", file=sys.stderr)
     with mlflow.start_run(
         experiment_id=search.experiment_id,
         run_name=f"promote-{trial.name}",
         tags={KIND: "promotion", "source_run_id": trial.run_id},
     ):
         mlflow.log_artifacts(str(folder), "vae")
-        info = mlflow.pytorch.log_model(
-            Generator(model).eval(),
-            name="generator",
-            input_example=np.zeros((16, latent), dtype=np.float32),  # batch > 1 keeps it dynamic
-            registered_model_name=model_name,
-            pip_requirements=serving_requirements(),
-        )
+        versions = log_served(model, latent, model_name, wanted, serving_requirements())
         checkpoint_uri = f"{mlflow.get_artifact_uri('vae')}/checkpoint.pt"
-    return str(info.registered_model_version), checkpoint_uri
+    for served in wanted:
+        client.update_registered_model(served.name(model_name), description=description(served, model_name))
+    return versions, checkpoint_uri
 
 
 def _move_alias(client: MlflowClient, name: str, alias: str, version: Any, force: bool) -> bool:

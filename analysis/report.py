@@ -254,7 +254,9 @@ def review_section(search: Search, out: Path) -> list[str]:
         lines += [f"| {p} | " + " | ".join(f"{scores[e].get(p, 0.0):.2f}" for e in scores) + " |" for p in params]
         lines += [""]
     else:
-        lines += ["Too few ranked trials, or no parameter that varied, for importance.", ""]
+        configs, needed = review.importance_support(search)
+        lines += [f"Too few trials to rank parameters: {configs} distinct configs among the ranked trials, where "
+                  f"importance needs {needed} ({review.CONFIGS_PER_PARAM} per parameter that varied).", ""]  # fmt: skip
     if review.parallel_coordinates(search, out / "parallel_coordinates.png"):
         lines += ["![parallel coordinates](parallel_coordinates.png)", ""]
     if review.plot_best_so_far(review.best_so_far(search), out / "best_so_far.png"):

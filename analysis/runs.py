@@ -123,6 +123,11 @@ def load_search(client: MlflowClient, experiment: str, with_history: bool = True
             finite = [r["val_loss"] for r in trial.history if _finite(r.get("val_loss"))]
             trial.best_val_loss = min(finite) if finite else math.nan
         trials.append(trial)
+    by_run = {t.run_id: t for t in trials}
+    for trial in trials:  # a replay's run holds no metrics: what it replayed is its twin's history
+        twin = by_run.get(trial.duplicate_of or "")
+        if twin is not None and not trial.history:
+            trial.history = [dict(row) for row in twin.history]
     return Search(exp.experiment_id, experiment, parent, trials)
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -154,6 +154,7 @@ def start(
     auth: bool = False,
     workers: int = 2,
     timeout: float = 120.0,
+    log: Callable[[str], None] | None = None,
 ) -> ServerInfo:
     """Start a server once /health answers, or return the one running from this folder if it is what was asked.
 
@@ -161,6 +162,7 @@ def start(
     will do, and a new server takes the default (127.0.0.1:5000, SQLite and a
     folder inside `data_dir`). A running server that differs is never passed off
     as the one asked for. Errors name these parameters (`host`, `port`, ...); the caller knows its flags.
+    `log` hears one line when a new server starts and one when it answers (it takes seconds).
     """
     data_dir = Path(data_dir).resolve()
     if host is not None and not is_loopback(host) and not (insecure or auth):
@@ -185,9 +187,14 @@ def start(
     data_dir.mkdir(parents=True, exist_ok=True)
     backend = backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
     artifacts = artifacts_destination or str(data_dir / "artifacts")
+    say = log or (lambda line: None)
+    began = time.monotonic()
+    say(f"starting an MLflow server on {url_of(host, port)} (store {backend}; log {data_dir / LOG_FILE})")
     proc = _launch(data_dir, backend, artifacts, host, port, auth, workers)
     info = ServerInfo(proc.pid, url_of(host, port), host, port, backend, artifacts, auth, _start_time(proc.pid))
-    return _healthy(proc, info, data_dir, timeout)
+    info = _healthy(proc, info, data_dir, timeout)
+    say(f"MLflow server ready at {info.url} after {time.monotonic() - began:.0f} s (pid {info.pid})")
+    return info
 
 
 def _reused(running: ServerInfo, asked: Mapping[str, object], data_dir: Path) -> ServerInfo:

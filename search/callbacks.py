@@ -1,7 +1,9 @@
 """The driver's MLflow writer: every result's metrics, and each trial's end as the record has it.
 
 Every result a trial reports reaches the driver, a pruned trial's last one too,
-so metrics are logged here, once per epoch, in the background.
+so metrics are logged here, once per epoch, in the background. A replay of a
+duplicate logs none: its twin's run holds them, and a metric sort must never
+rank the replay beside (or above) the run that trained.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from ray import tune
 
 from search.recorder import Recorder, error_line
 from search.tracking import Sender, Tracker, run_status
-from vae.records import END_REASON, END_STATE, METRICS
+from vae.records import DUPLICATE_OF, END_REASON, END_STATE, METRICS
 
 METRIC_WRITE = "metrics "  # how a metric write is named in the driver's queue
 
@@ -36,6 +38,8 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id, epoch = result.get("mlflow_run_id"), result.get("epoch")
+        if result.get(DUPLICATE_OF):  # a replay's epochs are its twin's metrics, which its twin's run holds
+            return
         if run_id and epoch is not None and "val_loss" in result:  # a failure's closing report measured nothing
             row = {"epoch": epoch, **{k: result[k] for k in METRICS if k in result}}
             self.sender.submit(f"{METRIC_WRITE}{run_id} epoch {epoch}", lambda: self._log_row(run_id, row))

@@ -104,10 +104,12 @@ def _given_server_or_start_embedded(uri: str | None, port: int | None) -> str:
             raise UserError("tracking_uri", f"no MLflow server answers at {uri}")
         return uri
     try:
-        info = server.start(_server_folder(None), port=port)
+        info = server.start(_server_folder(None), port=port, log=lambda line: print(line, flush=True))
     except server.ServerError as e:  # the embedded server's port is the search's --server-port
         raise UserError("server_port" if e.field == "port" else e.field, e.message) from None
-    print(f"MLflow UI: {info.url}  (embedded server, pid {info.pid}; stop with `vaesearch server stop`)")
+    print(
+        f"MLflow server: {info.url}  (embedded, pid {info.pid}; it keeps running for the UI: `vaesearch server stop`)"
+    )
     return info.url
 
 
@@ -121,6 +123,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     checked = preflight(cfg, args.resume, args.address)  # every refusal before a server starts or a file is written
     uri = _given_server_or_start_embedded(checked.tracking_uri, args.server_port)
     outcome = run_search(checked, uri, address=args.address, verbose=args.verbose)
+    print(f"MLflow UI: {outcome.ui}")
     if outcome.interrupted:
         again = f"vaesearch search --config {args.config} --name {cfg.name} --resume"
         print(f"interrupted; state saved. Continue with: {again}")

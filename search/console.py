@@ -66,10 +66,12 @@ class Console(tune.Callback):
         last = trial.last_result or {}
         epoch, best = last.get("epoch"), last.get("best_val_loss")
         loss = f"best {best:.2f}" if isinstance(best, float) and math.isfinite(best) else "no loss"
-        replay = " (replayed a duplicate)" if last.get(DUPLICATE_OF) else ""
+        replay = (
+            f" (a replay of run {last[DUPLICATE_OF]}: same values, trained nothing)" if last.get(DUPLICATE_OF) else ""
+        )
         lines: dict[str, str] = {
             EndState.PRUNED: f"{reason}, {loss}"
-            if reason.startswith(BUDGET_SPENT)
+            if reason.startswith(BUDGET_SPENT) or last.get(DUPLICATE_OF)
             else f"pruned by ASHA at epoch {epoch}, {loss}",
             EndState.EARLY_STOPPED: f"early stopped at epoch {epoch}, {loss}",
             EndState.COMPLETED: f"completed {epoch} epochs, {loss}",

@@ -10,7 +10,7 @@ from typing import Any
 from search.config import SearchConfig
 from search.tracking import Tracker
 from vae import records
-from vae.records import RANKED_BY
+from vae.records import DUPLICATE_OF, END_STATE, NOTE, RANKED_BY
 
 
 def git_commit() -> str:
@@ -39,9 +39,35 @@ def start_parent(
             "git_commit": git_commit(),
             **{f"md5_{k}": v for k, v in md5s.items()},
         },
-        tags=tags,
+        tags={**tags, NOTE: description(cfg)},
     )
     return experiment_id, parent
+
+
+def description(cfg: SearchConfig, best: dict[str, Any] | None = None, trials: int | None = None) -> str:
+    """What a reader of the parent run needs first: what this search is, its best run, how to read the rest."""
+    space = ", ".join(f"{k} {v}" for k, v in cfg.model_dump()["space"].items() if v)
+    stopper = (
+        "FIFO: every trial to max_epochs"
+        if cfg.scheduler == "fifo"
+        else f"ASHA (grace {cfg.asha.grace_period}, reduction factor {cfg.asha.reduction_factor})"
+    )
+    lines = [
+        f"**vaesearch search `{cfg.name}`**: {cfg.budget.num_samples} trials of the LSTM-encoder VAE on MNIST, "
+        f"sampled by Optuna ({cfg.sampler.kind}, seed {cfg.sampler.seed}) over {space}; {stopper}; "
+        f"at most {cfg.budget.max_epochs} epochs each.",
+        "",
+        f"Each child run is one trial. `{RANKED_BY}` is its lowest validation loss (negative ELBO, nats per "
+        f"image, lower is better); the tag `{END_STATE}` says how it ended (completed, early_stopped, pruned by "
+        f"ASHA, failed, killed). A run tagged `{DUPLICATE_OF}` trained nothing: it replayed the run it names, "
+        "which holds the metrics. The params `config` and `search_space` are the whole search as started.",
+    ]
+    if best is not None:
+        params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+        lines += ["", f"**Best run** ({trials} trials ran): `{best['run_id']}`, {RANKED_BY} "
+                  f"{best[RANKED_BY]:.2f} ({params}); its weights are the artifact `checkpoint/best.pt`, "
+                  "and `vaesearch promote` registers them."]  # fmt: skip
+    return "\n".join(lines)
 
 
 def best_child_run(tracker: Tracker, experiment_id: str, parent: str) -> dict[str, Any] | None:

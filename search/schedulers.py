@@ -18,7 +18,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from search.config import SearchConfig
 from search.recorder import Recorder
-from vae.records import RANKED_BY, EndState, rung_epochs
+from vae.records import DUPLICATE_OF, RANKED_BY, EndState, rung_epochs
 
 
 class Fifo(FIFOScheduler):
@@ -70,9 +70,9 @@ class Asha(Fifo):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         if super().on_trial_result(tune_controller, trial, result) == TrialScheduler.STOP:
             return TrialScheduler.STOP
-        if "epoch" not in result or RANKED_BY not in result:
-            return TrialScheduler.CONTINUE
-        epoch = int(result["epoch"])
+        if "epoch" not in result or RANKED_BY not in result or result.get(DUPLICATE_OF):
+            return TrialScheduler.CONTINUE  # a replay runs out its twin's epochs, stays out of the rungs, and ends
+        epoch = int(result["epoch"])  # as its twin did: the twin's own results were judged when it trained
         if epoch >= self.max_epochs:  # the trial ends here by itself, as it reports
             return TrialScheduler.STOP
         if self.judge(trial.trial_id, epoch, result[RANKED_BY]):
@@ -82,7 +82,9 @@ class Asha(Fifo):
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         """A trial that ended by itself (early stopping) still counts at the rung it reached."""
-        if result and "epoch" in result and RANKED_BY in result and int(result["epoch"]) < self.max_epochs:
+        if not result or result.get(DUPLICATE_OF) or "epoch" not in result or RANKED_BY not in result:
+            return
+        if int(result["epoch"]) < self.max_epochs:
             self.judge(trial.trial_id, int(result["epoch"]), result[RANKED_BY])
 
     def judge(self, trial_id: str, epoch: int, loss: float) -> bool:

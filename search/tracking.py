@@ -24,6 +24,7 @@ from vae.records import (
     KIND,
     METRICS,
     PARENT_TAG,
+    RANKED_BY,
     SEARCH_TAG,
     TRIAL_ID,
     EndState,
@@ -157,6 +158,17 @@ def run_status(end_state: str) -> str:
     return statuses.get(end_state, "FINISHED")
 
 
+# MLflow 3's UI opens an experiment on its GenAI view unless the URL asks for the model-training one (a new
+# browser profile has nothing remembered); sorted by a metric, the runs table is flat: every trial is a row.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """The address that opens on a search's runs, best first, the parent run among them."""
+    sort = f"orderByKey=metrics.%60{RANKED_BY}%60&orderByAsc=true"
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&{sort}"
+
+
 def config_key(values: dict[str, Any]) -> str:
     """A canonical text of a trial's sampled values: equal texts mean the same training."""
     return json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
@@ -177,11 +189,14 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         """The experiment of this name, created (or restored from deletion) when needed."""
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        return self.client.create_experiment(name)
+        if exp is None:
+            return self.client.create_experiment(name, tags=EXPERIMENT_KIND)
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        for key, value in EXPERIMENT_KIND.items():
+            if exp.tags.get(key) != value:
+                self.client.set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
 
     def start_parent(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run = self.client.create_run(

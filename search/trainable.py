@@ -27,7 +27,7 @@ from search.uploads import FINAL_FLUSH_S, Uploads
 from vae import data
 from vae.config import TrainConfig
 from vae.precision import resolve_precision
-from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, LOST_WRITES, EndState
+from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, LOST_WRITES, NOTE, EndState
 from vae.train import EpochResult, Trainer
 
 REPORT_FLUSH_S = 2.0  # wait this long at most for artifacts before each report (a pruned trial stops after it)
@@ -41,13 +41,20 @@ def _node_tags() -> dict[str, str]:
 
 
 def replay(tracker: TrialTracker, run_id: str, twin: Any, rows: list[dict[str, float]]) -> None:
-    """Report a finished twin's stored epochs instead of training again, so ASHA's rungs stay honest."""
-    patiently(lambda: tracker.set_tags(run_id, {DUPLICATE_OF: twin.info.run_id}), "tagging the duplicate")
+    """Report a finished twin's stored epochs instead of training again; end as it ended.
+
+    The replay's run holds no metrics (the driver leaves them to the twin's run) and ASHA keeps it out
+    of its rungs, so it can neither tie the twin in a sort nor be stopped where the twin was not.
+    """
+    twin_id, twin_state = twin.info.run_id, twin.data.tags[END_STATE]
+    note = (f"Replay of run `{twin_id}` ({twin.info.run_name}), which trained these same values and ended "
+            f"{twin_state}: this run trained nothing and holds no metrics; see the twin's.")  # fmt: skip
+    patiently(lambda: tracker.set_tags(run_id, {DUPLICATE_OF: twin_id, NOTE: note}), "tagging the duplicate")
     for i, row in enumerate(rows):
         result = {**row, "mlflow_run_id": run_id, DUPLICATE_OF: twin.info.run_id}
         if i == len(rows) - 1:
-            result[END_STATE] = twin.data.tags[END_STATE]
-            result[END_REASON] = f"duplicate of run {twin.info.run_id}: {twin.data.tags.get(END_REASON, '')}"
+            result[END_STATE] = twin_state
+            result[END_REASON] = f"duplicate of run {twin_id}: {twin.data.tags.get(END_REASON, '')}"
         tune.report(result)
 
 

@@ -22,15 +22,15 @@ from typing import Any
 
 from search.cluster import check_config_for_cluster, probe, ray_init
 from search.config import SearchConfig, SearchError, SearchStopped
-from search.parent import best_child_run, start_parent
+from search.parent import best_child_run, description, start_parent
 from search.reconcile import end_unfinished, mend_from_record, reconcile
 from search.recorder import Ending, Recorder
 from search.settings import TrialSettings
 from search.state import VERSION, SearchState, checked_root, study_url
-from search.tracking import Tracker
+from search.tracking import Tracker, runs_page
 from vae import data
 from vae.files import file_in_the_way
-from vae.records import BATCH_SIZE, LOST_WRITES, LR, MODEL_PARAMS, RANKED_BY
+from vae.records import BATCH_SIZE, LOST_WRITES, LR, MODEL_PARAMS, NOTE, RANKED_BY
 
 METRIC, MODE = RANKED_BY, "min"
 
@@ -42,6 +42,7 @@ class Outcome:
     best: dict[str, Any] | None
     experiment: str
     parent_run_id: str
+    ui: str  # the MLflow UI's page of the search's runs
     lost_writes: int = 0  # MLflow writes that never landed (artifacts, metrics, tags): the search fails
 
 
@@ -190,6 +191,7 @@ def run_search(
         state = SearchState(cfg.name, cfg.model_dump(), tracking_uri, experiment_id, parent, version=VERSION)
         state.save(folder)
     log(f"search {cfg.name}: experiment {state.experiment_id}, parent run {state.parent_run_id}")
+    log(f"MLflow UI: {runs_page(tracking_uri, state.experiment_id)}")
     log(f"config {json.dumps(cfg.model_dump())}")
     recorder = Recorder(state, folder)
     try:
@@ -305,10 +307,11 @@ def _after(
     """Close the search's books from the record: how it ended, on the parent run, in MLflow and in Optuna."""
     state = recorder.state
     experiment_id, parent = settings.experiment_id, settings.parent_run_id
+    ui = runs_page(settings.tracking_uri, experiment_id)
     _keep_lost(recorder, sum(lost.values()))  # first: the server may be why they were lost
     if state.ending == Ending.INTERRUPTED:
         tracker.set_tags(parent, {"status": "interrupted"})
-        return Outcome(True, len(trials), None, cfg.name, parent)
+        return Outcome(True, len(trials), None, cfg.name, parent, ui)
     end_unfinished(recorder, tracker, study, experiment_id, parent)
     if state.ending == Ending.FAIL_FAST:
         tracker.set_tags(parent, {"status": f"stopped: {state.ending_reason}"})
@@ -319,9 +322,10 @@ def _after(
     reconcile(tracker, trials)
     best = best_child_run(tracker, experiment_id, parent)
     lost_writes = _tally_lost(tracker, settings, recorder, lost)
-    tracker.set_tags(parent, {"status": "finished", **({"best_run_id": best["run_id"]} if best else {})})
+    done = {"status": "finished", NOTE: description(cfg, best, len(trials))}
+    tracker.set_tags(parent, {**done, **({"best_run_id": best["run_id"]} if best else {})})
     tracker.finish(parent)
-    return Outcome(False, len(trials), best, cfg.name, parent, lost_writes)
+    return Outcome(False, len(trials), best, cfg.name, parent, ui, lost_writes)
 
 
 def _keep_lost(recorder: Recorder, count: int, final: bool = False) -> None:

@@ -159,7 +159,9 @@ def finished(mlflow_url: str, ray_head: str, tmp_path_factory: pytest.TempPathFa
     config = write_config(tmp / "tiny.yaml")
     proc = search(config, "e2e", mlflow_url, tmp / "ray", address=ray_head)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"storage": tmp / "ray", "summary": json.loads(proc.stdout.strip().splitlines()[-1])}
+    lines = proc.stdout.strip().splitlines()
+    ui = [line.removeprefix("MLflow UI: ") for line in lines if line.startswith("MLflow UI: ")]
+    return {"storage": tmp / "ray", "summary": json.loads(lines[-1]), "ui": ui}
 
 
 @pytest.fixture(scope="session")

@@ -60,3 +60,29 @@ def test_a_trial_that_has_not_ended_is_judged_so_far_not_for_good() -> None:
     assert rows[10].endswith("| completed | Table 3: 6035.80 (94.31/img), ours -0.3%, within 2% |")
     assert rows[20].endswith("| killed | Table 3: 5939.02 (92.80/img), ours +3.0%, worse so far |")
     assert rows[2].endswith("ours +6.8%, worse |")
+
+
+def test_importance_waits_for_enough_distinct_configs_per_parameter() -> None:
+    import itertools
+    import json
+    import random
+    from types import SimpleNamespace
+
+    from analysis.review import CONFIGS_PER_PARAM, importance, importance_support
+    from analysis.runs import Search
+
+    space = {"hidden": [64, 128, 256], "decoder": [1, 2, 3, 5, 6], "latent": [2, 5, 10]}
+    parent = SimpleNamespace(data=SimpleNamespace(params={"config": json.dumps({"space": space})}))
+    grid = list(itertools.product(space["hidden"], space["decoder"], space["latent"]))
+
+    def search(n: int) -> Search:
+        trials = []
+        for i, (h, d, z) in enumerate(random.Random(0).sample(grid, n)):
+            params = {"hidden": str(h), "decoder": str(d), "latent": str(z)}
+            trials.append(Trial(f"r{i}", f"t{i}", params, {"end_state": "completed"}, 200.0 - z - d / 10))
+        return Search("1", "s", parent, trials)
+
+    few, enough = search(6), search(3 * CONFIGS_PER_PARAM)
+    assert importance_support(few) == (6, 3 * CONFIGS_PER_PARAM) and importance(few) == {}
+    scores = importance(enough)
+    assert set(scores) == {"fANOVA", "PED-ANOVA"} and max(scores["fANOVA"], key=scores["fANOVA"].get) == "latent"

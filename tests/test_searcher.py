@@ -86,3 +86,31 @@ def test_a_resumed_searcher_reports_on_to_the_trials_it_asked_and_proposes_as_on
     through = _searcher(tmp_path / "through")
     proposals = [through.suggest(f"u{i}") for i in range(3)]
     assert [again.suggest(f"v{i}") for i in range(1, 3)] == proposals[1:]
+
+
+def test_a_replay_ends_as_its_twin_did_and_stays_out_of_ashas_rungs(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from search.schedulers import Asha
+
+    searcher = _searcher(tmp_path)
+    asha = Asha(searcher.recorder, max_epochs=4, grace_period=1, reduction_factor=2)
+    asha.rungs["1"].update(a=100.0, b=101.0)  # a trial at 150 after epoch 1 would be stopped here
+    searcher.suggest("normal")
+    searcher.suggest("replay")
+    normal, replay = SimpleNamespace(trial_id="normal"), SimpleNamespace(trial_id="replay")
+    assert asha.on_trial_result(None, normal, _epoch(1, 150.0)) == TrialScheduler.STOP
+    twin = {"duplicate_of": "run-of-the-twin"}
+    for epoch in (1, 2):  # its twin trained two epochs, then was pruned
+        result = _epoch(epoch, 150.0 - epoch, **twin)
+        assert asha.on_trial_result(None, replay, result) == TrialScheduler.CONTINUE
+        searcher.on_trial_result("replay", result)
+    last = _epoch(2, 148.0, **twin, end_state="pruned", end_reason="duplicate of run-of-the-twin: stopped by ASHA")
+    asha.on_trial_complete(None, replay, last)
+    searcher.on_trial_complete("replay", last)
+    assert all("replay" not in rung for rung in asha.rungs.values()) and "normal" in asha.rungs["1"]
+    told = {t.user_attrs["ray_trial_id"]: t for t in searcher.study.trials}["replay"]
+    assert told.state == TrialState.PRUNED and told.value == 148.0  # as its twin: pruned, with its last value
+    assert searcher.recorder.state.trials["replay"]["replay"] is True  # free: not counted in the epoch budget

@@ -90,7 +90,9 @@ def test_the_optuna_dashboard_shows_the_studys_trials(browser, finished: dict) -
         proc.communicate(timeout=30)
 
 
-def test_ui_shows_the_search_its_trials_and_the_champion(browser, promoted: dict, mlflow_url: str) -> None:
+def test_ui_shows_the_search_its_trials_and_the_champion(
+    browser, finished: dict, promoted: dict, mlflow_url: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -98,23 +100,34 @@ def test_ui_shows_the_search_its_trials_and_the_champion(browser, promoted: dict
     exp = client.get_experiment_by_name("e2e")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("kind") == "search")
-    child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
 
-    browser.get(f"{mlflow_url}/#/experiments")
-    wait_for_text(browser, "e2e")
-    browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs")
-    # the table lists the parent (children fold under it) and counts every run of the experiment
-    wait_for_text(browser, "Training runs", parent.info.run_name, f"{len(runs)} matching runs")
-    browser.save_screenshot(str(OUTPUT / "ui-experiment.png"))
+    # the address the search printed, at its start and at its end, opened in a fresh profile
+    assert len(finished["ui"]) == 2 and finished["ui"][0] == finished["ui"][1], finished["ui"]
+    browser.get(finished["ui"][0])
+    trained = [r for r in runs if r.data.tags.get("mlflow.parentRunId") and "duplicate_of" not in r.data.tags]
+    best = min(trained, key=lambda r: r.data.metrics["best_val_loss"])
+    names = [r.info.run_name for r in runs]
+    body = wait_for_text(browser, "Runs", "Sort: best_val_loss", *names, f"{len(runs)} matching runs")
+    assert "No data available" not in body and "Detect Issues" not in body, body[:1500]  # not the GenAI view
+    rows = [e.text for e in browser.find_elements("css selector", "[role='row']") if e.text.strip()]
+    first = next(r for r in rows if "train_trial" in r or parent.info.run_name in r)
+    assert best.info.run_name in first, rows  # best first; replays (no metrics of their own) and the parent last
+    browser.save_screenshot(str(OUTPUT / "ui-first-view.png"))
 
-    browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}")
-    wait_for_text(browser, child.info.run_name, "Parent run", "end_state", child.data.tags["ray_trial_id"])
+    # a click through to the best run's page (the URL parameter is not carried): its trial view, not GenAI's
+    browser.find_element("link text", best.info.run_name).click()
+    wait_for_text(browser, best.info.run_name, "Parent run", "end_state", best.data.tags["ray_trial_id"])
+    assert f"/runs/{best.info.run_id}" in browser.current_url, browser.current_url
     browser.save_screenshot(str(OUTPUT / "ui-trial.png"))
 
+    # the parent run's description says what the search is and which run is best
+    browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}")
+    wait_for_text(browser, "vaesearch search", "Best run", best.info.run_id)
+    browser.save_screenshot(str(OUTPUT / "ui-parent.png"))
+
     # a trained child: its loss and KL curves, its sample grids with a step slider, its system metrics
-    trained = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") and "duplicate_of" not in r.data.tags)
-    last = max(m.step for m in client.get_metric_history(trained.info.run_id, "val_loss"))
-    page = f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{trained.info.run_id}"
+    last = max(m.step for m in client.get_metric_history(best.info.run_id, "val_loss"))
+    page = f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{best.info.run_id}"
     browser.get(f"{page}/model-metrics")
     wait_for_text(browser, "val_loss", "val_kl", "best_val_loss", "train_kl")
     browser.save_screenshot(str(OUTPUT / "ui-trial-curves.png"))

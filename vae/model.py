@@ -97,3 +97,28 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z))
+
+
+class LatentCode(nn.Module):
+    """The encoder's mean: images (B, 28, 28) in [0, 1] -> latent codes (B, Z), no sampling.
+
+    Like `Generator`, the whole interface of a registered model: a pt2 export keeps only forward.
+    """
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.encoder = vae.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[0]
+
+
+class Reconstruction(nn.Module):
+    """Images (B, 28, 28) in [0, 1] -> the decoder's image of their latent means, (B, 1, 28, 28) in [0, 1]."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.encoder, self.decoder = vae.encoder, vae.decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(self.encoder(x)[0]))
