@@ -62,11 +62,11 @@ def description(cfg: SearchConfig, best: dict[str, Any] | None = None, trials: i
         f"ASHA, failed, killed). A run tagged `{DUPLICATE_OF}` trained nothing: it replayed the run it names, "
         "which holds the metrics. The params `config` and `search_space` are the whole search as started.",
     ]
-    if best is not None:
+    if best is not None:  # first: the page shows the description's opening lines
         params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
-        lines += ["", f"**Best run** ({trials} trials ran): `{best['run_id']}`, {RANKED_BY} "
-                  f"{best[RANKED_BY]:.2f} ({params}); its weights are the artifact `checkpoint/best.pt`, "
-                  "and `vaesearch promote` registers them."]  # fmt: skip
+        lines = [f"**Best run** ({trials} trials ran): `{best['run_id']}`, {RANKED_BY} {best[RANKED_BY]:.2f} "
+                 f"({params}); its weights are the artifact `checkpoint/best.pt`, which `vaesearch promote` "
+                 "registers.", "", *lines]  # fmt: skip
     return "\n".join(lines)
 
 

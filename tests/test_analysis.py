@@ -157,7 +157,9 @@ def test_report_cli_on_a_real_search(finished: dict, mlflow_url: str, tmp_path: 
         rows = list(csv.DictReader(f))
     client = MlflowClient(mlflow_url)
     kids = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.ray_trial_id != ''")
-    assert len(rows) == sum(len(client.get_metric_history(r.info.run_id, "val_loss")) for r in kids)
+    epochs = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss")) for r in kids}
+    assert len(rows) == sum(epochs[r.data.tags.get("duplicate_of", r.info.run_id)] for r in kids)  # replays: twins'
+    assert all(epochs[r.info.run_id] == 0 for r in kids if "duplicate_of" in r.data.tags)
     parent = client.get_run(finished["summary"]["parent_run_id"])
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/parallel_coordinates.png", "report/best_so_far.png", "report/trials.csv"} <= logged

@@ -122,7 +122,7 @@ def test_ui_shows_the_search_its_trials_and_the_champion(
 
     # the parent run's description says what the search is and which run is best
     browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}")
-    wait_for_text(browser, "vaesearch search", "Best run", best.info.run_id)
+    wait_for_text(browser, "Description", "Best run", best.info.run_id)
     browser.save_screenshot(str(OUTPUT / "ui-parent.png"))
 
     # a trained child: its loss and KL curves, its sample grids with a step slider, its system metrics
