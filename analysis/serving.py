@@ -12,6 +12,7 @@ under the alias together.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,14 +98,16 @@ def log_served(vae: VAE, latent: int, base: str, wanted: list[Served], requireme
     """Log and register each wanted model in the active run: {registered name: version}."""
     versions = {}
     for served in wanted:
-        info = mlflow.pytorch.log_model(
-            served.module(vae).eval(),
-            name=served.suffix.lstrip("-") or "generator",
-            signature=signature(served, latent),
-            input_example=input_example(served, latent),
-            registered_model_name=served.name(base),
-            pip_requirements=requirements,
-            serialization_format="pt2",
-        )
+        with warnings.catch_warnings():  # torch.export notes that nn.LSTM sets its flat weights while traced
+            warnings.filterwarnings("ignore", "The tensor attributes self.encoder.lstm", UserWarning)
+            info = mlflow.pytorch.log_model(
+                served.module(vae).eval(),
+                name=served.suffix.lstrip("-") or "generator",
+                signature=signature(served, latent),
+                input_example=input_example(served, latent),
+                registered_model_name=served.name(base),
+                pip_requirements=requirements,
+                serialization_format="pt2",
+            )
         versions[served.name(base)] = str(info.registered_model_version)
     return versions

@@ -37,6 +37,7 @@ def ray_init(address: str | None, log: Callable[[str], None], verbose: bool = Fa
     # Credentials for an MLflow server with auth reach trials through their environment, never as params;
     # so do the driver's settings that trials read (search.environment).
     forwarded = for_trials()
+    log(f"joining Ray at {address}" if address else "starting a Ray of this search's own (some seconds)")
     try:
         ray.init(
             # "local": a Ray of its own. None would join the last `ray start` cluster on this machine

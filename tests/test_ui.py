@@ -116,13 +116,16 @@ def test_ui_shows_the_search_its_trials_and_the_champion(
 
     # a click through to the best run's page (the URL parameter is not carried): its trial view, not GenAI's
     browser.find_element("link text", best.info.run_name).click()
-    wait_for_text(browser, best.info.run_name, "Parent run", "end_state", best.data.tags["ray_trial_id"])
+    body = wait_for_text(browser, best.info.run_name, "Parent run", "end_state", best.data.tags["ray_trial_id"])
+    assert "Model metrics" in body and "Artifacts" in body  # the run's own tabs, in either sidebar
     assert f"/runs/{best.info.run_id}" in browser.current_url, browser.current_url
     browser.save_screenshot(str(OUTPUT / "ui-trial.png"))
 
     # the parent run's description says what the search is and which run is best
     browser.get(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}")
     wait_for_text(browser, "Description", "Best run", best.info.run_id)
+    heading = browser.find_element("xpath", "//*[normalize-space(text())='Description']")
+    browser.execute_script("arguments[0].scrollIntoView()", heading)
     browser.save_screenshot(str(OUTPUT / "ui-parent.png"))
 
     # a trained child: its loss and KL curves, its sample grids with a step slider, its system metrics
