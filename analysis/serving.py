@@ -23,6 +23,7 @@ from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from vae.model import VAE, Generator, LatentCode, Reconstruction
+from vae.records import SEARCHED
 
 IMAGES = "images (N, 28, 28) float32, pixels in [0, 1] (MNIST's bytes / 255)"
 IMAGES_OUT = "images (N, 1, 28, 28) float32 in [0, 1]"
@@ -85,7 +86,7 @@ def description(served: Served, base: str) -> str:
 def version_description(tags: dict[str, str], precision: str) -> str:
     """A version's description: where it came from and how good it is."""
     config = json.loads(tags["config"])
-    short = ", ".join(f"{k}={config[k]}" for k in ("hidden", "decoder", "latent", "lr", "batch_size") if k in config)
+    short = ", ".join(f"{k}={config[k]}" for k in SEARCHED if k in config)
     return (
         f"From run `{tags['source_run_id']}` of search `{tags['search']}` ({short}; trained in {precision}). "
         f"Validation loss {float(tags['val_loss']):.2f}, test loss {float(tags['test_loss']):.2f} nats/img "

@@ -32,13 +32,13 @@ def test_train_writes_checkpoint_metrics_and_samples(trained: Path) -> None:
 def test_evaluate_prints_one_json_line(trained: Path, mnist_dir: Path) -> None:
     proc = run_cli(
         "evaluate", "--checkpoint", str(trained / "checkpoint.pt"), "--split", "test",
-        "--iw-samples", "4", "--data-dir", str(mnist_dir),
+        "--iw-samples", "2", "--data-dir", str(mnist_dir),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert result["split"] == "test" and result["iw_samples"] == 4
+    assert result["split"] == "test" and result["iw_samples"] == 2
     assert result["loss"] == pytest.approx(result["recon"] + result["kl"], abs=1e-4)
     assert result["loss_per64"] == pytest.approx(64 * result["loss"])
     assert result["iwae"] <= result["loss"] + 1.0

@@ -179,6 +179,7 @@ def test_the_tracking_server_gone_for_a_while_loses_nothing(own_server, ray_head
         asha={"grace_period": 4, "reduction_factor": 2},
         data={"subset": 1024, "val_subset": 128},
         tracking={"samples_every": 2},
+        points=[{"hidden": 8, "decoder": 1, "latent": 2}, {"hidden": 16, "decoder": 1, "latent": 2}],  # both train
     )
     proc = start_search(config, "outage", info.url, tmp_path / "ray", address=ray_head)
     client = MlflowClient(info.url)

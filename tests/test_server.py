@@ -153,6 +153,7 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
             asha={"grace_period": 2, "reduction_factor": 2},  # no stops: every trial reports both epochs
             resources={"cpus": 0.25},
             data={"subset": 256, "val_subset": 128},
+            points=[{"hidden": h, "decoder": 1, "latent": z} for h in (8, 16, 24, 32) for z in (2, 3)],  # no replay
         )
         proc = search(config, "eight", info.url, tmp_path / "ray", address=ray_head)
         assert proc.returncode == 0, proc.stderr[-3000:]
