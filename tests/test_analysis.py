@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from analysis.report import write_report, write_trials_csv
 from analysis.runs import load_search
 from mlflow_server import server
-from tests.helpers import REPO, assert_one_line_error, cli, ctrl_c_able, promote, search, write_config
+from tests.helpers import REPO, assert_one_line_error, cli, ctrl_c_able, promote
 from vae import checkpoint
 from vae.config import TrainConfig
 from vae.figures import decode_images, manifold_latents, prior_latents, tile
