@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.runs import AnalysisError, Search, Trial, load_search
-from analysis.serving import SERVED, Served, description, log_served, version_description
+from analysis.serving import SERVED, SERVES, Served, description, log_served, version_description
 from vae import data
 from vae.checkpoint import load_model
 from vae.config import TrainConfig
@@ -70,7 +70,7 @@ def _result(version: Any, moved: bool, models: dict[str, str]) -> dict[str, Any]
         "iwae_test": float(tags["iwae_test"]) if "iwae_test" in tags else None,
         "iw_samples": int(tags.get("iw_samples", 0)) or None,
         "alias_moved": moved,
-        "models": {name: int(v) for name, v in models.items()},
+        "models": {name: int(v) if v else None for name, v in models.items()},  # None: no version of this run
     }
 
 
@@ -88,25 +88,28 @@ def _set_alias(client: MlflowClient, name: str, alias: str, version: str) -> Non
 
 
 def rollback(client: MlflowClient, name: str, alias: str) -> dict[str, Any]:
-    """Point the alias back at the version that held it before, on each of the champion's models."""
+    """Point the alias back at the version that held it before; the companions follow to that version's run
+    (a companion with no version from it loses the alias, so the three never name different runs)."""
     try:
         model = client.get_registered_model(name)
     except MlflowException:
         raise AnalysisError("model_name", f"no registered model {name!r}") from None
-    if not json.loads(model.tags.get(_history_tag(alias), "[]")):
+    history = json.loads(model.tags.get(_history_tag(alias), "[]"))
+    if not history:
         raise AnalysisError("rollback", f"no earlier version of {name!r} held @{alias}")
-    models = {}
-    for served in SERVED:
-        try:
-            history = json.loads(client.get_registered_model(served.name(name)).tags.get(_history_tag(alias), "[]"))
-        except MlflowException:  # a companion registered after this alias's history began
-            continue
-        if history:
-            previous = history.pop()
-            client.set_registered_model_tag(served.name(name), _history_tag(alias), json.dumps(history))
-            client.set_registered_model_alias(served.name(name), alias, previous)
-            models[served.name(name)] = previous
-    return _result(client.get_model_version(name, models[name]), moved=True, models=models)
+    previous = client.get_model_version(name, history.pop())
+    client.set_registered_model_tag(name, _history_tag(alias), json.dumps(history))
+    client.set_registered_model_alias(name, alias, previous.version)
+    models = {name: previous.version}
+    for served in SERVED[1:]:
+        companion = served.name(name)
+        version = _of_run(client, companion, previous.tags.get("source_run_id", ""))
+        if version is not None:
+            _set_alias(client, companion, alias, version.version)
+        elif _by_alias(client, companion, alias) is not None:
+            client.delete_registered_model_alias(companion, alias)
+        models[companion] = version.version if version is not None else ""
+    return _result(previous, moved=True, models=models)
 
 
 def _of_run(client: MlflowClient, name: str, run_id: str) -> Any | None:
@@ -141,9 +144,10 @@ def promote(
                 raise AnalysisError("run_id", f"run {trial.run_id} has no checkpoint/best.pt artifact") from None
             model, config, _ = load_model(local)
             main = have[SERVED[0]]
-            tags = (
-                dict(main.tags) if main is not None else _measured(search, trial, model, config, iw_samples, data_dir)
-            )
+            if main is not None and "val_loss" in main.tags:  # measured when the main model was registered
+                tags = dict(main.tags)
+            else:  # never, or by a promotion that died before it tagged its versions
+                tags = _measured(search, trial, model, config, iw_samples, data_dir)
             folder = Path(tmp) / "vae"
             folder.mkdir()
             (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -153,8 +157,9 @@ def promote(
             )
         tags["checkpoint_uri"] = tags.get("checkpoint_uri", checkpoint_uri)
         precision = trial.params.get("precision", "fp32")
-        for name, version in versions.items():
-            for key, value in tags.items():
+        for served in missing:
+            name, version = served.name(model_name), versions[served.name(model_name)]
+            for key, value in {**tags, SERVES: served.serves}.items():
                 client.set_model_version_tag(name, version, key, value)
             client.update_model_version(name, version, description=version_description(tags, precision))
     models = {served.name(model_name): (v.version if v else "") for served, v in have.items()}

@@ -126,7 +126,7 @@ def load_search(client: MlflowClient, experiment: str, with_history: bool = True
     by_run = {t.run_id: t for t in trials}
     for trial in trials:  # a replay's run holds no metrics: what it replayed is its twin's history
         twin = by_run.get(trial.duplicate_of or "")
-        if twin is not None and not trial.history:
+        if twin is not None and not trial.history and trial.end_state == twin.end_state:  # a killed one: unknown
             trial.history = [dict(row) for row in twin.history]
     return Search(exp.experiment_id, experiment, parent, trials)
 

@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.runs import AnalysisError
+from analysis.serving import SERVES
 from vae.figures import manifold_latents, prior_latents, save_grid
 from vae.records import LATENT
 
@@ -32,6 +33,9 @@ def model_version(client: MlflowClient, model_uri: str):
 def sample(client: MlflowClient, model_uri: str, out: Path, mode: str = "random", seed: int = 0) -> Path:
     """grid: a 10x10 walk over z in [-1, 1]^2 (Z=2 only); random: 100 draws from N(0, I)."""
     version = model_version(client, model_uri)
+    if version.tags.get(SERVES, "generate") != "generate":
+        raise AnalysisError("model_uri", f"{model_uri} takes images, not latent codes; sample needs the generator, "
+                            "models:/NAME@ALIAS without -encoder or -reconstruct")  # fmt: skip
     latent = int(version.tags.get(LATENT, 0))
     if mode == "grid" and latent != 2:
         raise AnalysisError("mode", f"grid needs a model with Z=2; {model_uri} has Z={latent}; use `mode` random")

@@ -29,8 +29,12 @@ IMAGES = "images (N, 28, 28) float32, pixels in [0, 1] (MNIST's bytes / 255)"
 IMAGES_OUT = "images (N, 1, 28, 28) float32 in [0, 1]"
 
 
+SERVES = "serves"  # a version's tag: which question it answers (generate, encode, reconstruct)
+
+
 @dataclass(frozen=True)
 class Served:
+    serves: str
     suffix: str  # the registered model's name is the base name + suffix
     module: Callable[[VAE], nn.Module]
     takes: str
@@ -48,11 +52,11 @@ class Served:
 
 
 SERVED = (
-    Served("", Generator, "latent codes (N, Z) float32 (Z is the version's tag `latent`)", IMAGES_OUT,
+    Served("generate", "", Generator, "latent codes (N, Z) float32 (Z is the version's tag `latent`)", IMAGES_OUT,
            "latent codes to images (the decoder, with a sigmoid)"),
-    Served("-encoder", LatentCode, IMAGES, "latent codes (N, Z) float32: the encoder's mean, no sampling",
+    Served("encode", "-encoder", LatentCode, IMAGES, "latent codes (N, Z) float32: the encoder's mean, no sampling",
            "images to latent codes"),
-    Served("-reconstruct", Reconstruction, IMAGES, IMAGES_OUT,
+    Served("reconstruct", "-reconstruct", Reconstruction, IMAGES, IMAGES_OUT,
            "images to reconstructions (decoded latent means)"),
 )  # fmt: skip
 
@@ -76,8 +80,9 @@ def description(served: Served, base: str) -> str:
     return (
         f"The promoted VAE of a vaesearch search, answering one question: {served.question}.\n\n"
         f"Input: {served.takes}. Output: {served.gives}.\n\n"
-        f"Python: `mlflow.pyfunc.load_model('models:/{served.name(base)}@champion').predict(array)`; HTTP: "
-        f"`mlflow models serve -m models:/{served.name(base)}@champion --env-manager local`, then POST "
+        f"Python: `mlflow.pyfunc.load_model('models:/{served.name(base)}@champion').predict(array)` (or the "
+        f"alias promoted to); HTTP: `mlflow models serve -m models:/{served.name(base)}@champion --env-manager "
+        "local`, then POST "
         '`{"inputs": [...]}` to /invocations. '
         f"The other questions: {', '.join(f'`{s.name(base)}`' for s in SERVED if s is not served)}."
     )

@@ -92,9 +92,11 @@ def _ended_before(tracker: TrialTracker, run_id: str) -> bool:
     ended = patiently(lambda: tracker.end_of(run_id), "reading how this trial ended")
     if not ended or ended[0] == EndState.KILLED:
         return False
-    rows = patiently(lambda: tracker.history(run_id), "this trial's history")
+    twin = patiently(lambda: tracker.tags(run_id), "this trial's tags").get(DUPLICATE_OF)
+    rows = patiently(lambda: tracker.history(twin or run_id), "this trial's history")  # a replay's: its twin's
     last = rows[-1] if rows else {"epoch": 0, "best_val_loss": math.inf}
-    tune.report({**last, END_STATE: ended[0], END_REASON: ended[1], "mlflow_run_id": run_id})
+    replay = {DUPLICATE_OF: twin} if twin else {}
+    tune.report({**last, **replay, END_STATE: ended[0], END_REASON: ended[1], "mlflow_run_id": run_id})
     return True
 
 

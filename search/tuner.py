@@ -184,6 +184,7 @@ def run_search(
     space = space_spec(cfg)
     if stored is not None:
         state = stored
+        tracker.experiment_id(cfg.name)  # tags it as classic ML, as a search started before that was not
         tracker.set_tags(state.parent_run_id, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **cluster})
     else:
         tags = {"storage_path": str(folder.parent), **cluster}

@@ -211,7 +211,9 @@ def test_promote_points_the_alias_at_the_best_run(promoted: dict, finished: dict
 def test_promote_again_is_a_no_op(promoted: dict, mlflow_url: str) -> None:
     again = promote(mlflow_url)
     assert again["version"] == promoted["version"] and not again["alias_moved"]
-    assert len(MlflowClient(mlflow_url).search_model_versions("name = 'vae-mnist'")) == promoted["version"]
+    assert again["models"] == promoted["models"]  # the companions are not registered again either
+    for name, version in promoted["models"].items():
+        assert len(MlflowClient(mlflow_url).search_model_versions(f"name = '{name}'")) == version
 
 
 def test_a_worse_model_takes_the_alias_only_with_force_and_rollback_undoes_it(
@@ -229,9 +231,39 @@ def test_a_worse_model_takes_the_alias_only_with_force_and_rollback_undoes_it(
     forced = promote(mlflow_url, "--run-id", worst.info.run_id, "--force")
     assert forced["version"] == worse["version"] and forced["alias_moved"]
     assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(worse["version"])
+    assert {n: int(client.get_model_version_by_alias(n, "champion").version) for n in forced["models"]} == \
+        forced["models"]  # fmt: skip
     back = promote(mlflow_url, "--rollback")
-    assert back["version"] == promoted["version"]
-    assert client.get_model_version_by_alias("vae-mnist", "champion").version == str(promoted["version"])
+    assert back["version"] == promoted["version"] and back["models"] == promoted["models"]
+    for name, version in promoted["models"].items():  # all three back on the same run
+        held = client.get_model_version_by_alias(name, "champion")
+        assert held.version == str(version) and held.tags["source_run_id"] == promoted["run_id"], name
+
+    # a version of the main model alone (as an older vaesearch registered it): rolling back to it takes the
+    # companions' alias away rather than leave them on another run
+    import mlflow
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    from analysis.promote import _set_alias
+    from vae.model import VAE, Generator
+
+    mlflow.set_tracking_uri(mlflow_url)
+    with mlflow.start_run(experiment_id=exp):
+        alone = mlflow.pytorch.log_model(
+            Generator(VAE(1, 8, 2)).eval(), name="generator", input_example=np.zeros((2, 2), np.float32),
+            registered_model_name="vae-mnist", serialization_format="pt2",
+        ).registered_model_version  # fmt: skip
+    client.set_model_version_tag("vae-mnist", str(alone), "source_run_id", "an-older-run")
+    _set_alias(client, "vae-mnist", "champion", str(alone))  # the champion it was
+    assert promote(mlflow_url, "--force")["alias_moved"]  # the best run again, on all three
+    older = promote(mlflow_url, "--rollback")
+    assert older["version"] == int(alone) and older["models"] == {"vae-mnist": int(alone), "vae-mnist-encoder": None,
+                                                                  "vae-mnist-reconstruct": None}  # fmt: skip
+    for name in ("vae-mnist-encoder", "vae-mnist-reconstruct"):
+        with pytest.raises(MlflowException):
+            client.get_model_version_by_alias(name, "champion")
+    assert promote(mlflow_url, "--force")["models"] == promoted["models"]  # as the tests after this one expect
 
 
 def test_an_already_registered_better_run_takes_a_second_alias(promoted: dict, mlflow_url: str) -> None:
@@ -260,7 +292,9 @@ def test_sample_draws_a_10x10_grid_of_digits(promoted: dict, mlflow_url: str, tm
     assert gray.std() > 0.05 and gray.max() - gray.min() > 0.5  # strokes on a background, not a blank page
 
 
-def test_the_champion_is_three_described_models_with_exact_signatures(promoted: dict, mlflow_url: str) -> None:
+def test_the_champion_is_three_described_models_with_exact_signatures(
+    promoted: dict, mlflow_url: str, tmp_path: Path
+) -> None:
     import mlflow
     import numpy as np
     import torch
@@ -283,6 +317,9 @@ def test_the_champion_is_three_described_models_with_exact_signatures(promoted: 
     encoder = mlflow.pyfunc.load_model("models:/vae-mnist-encoder@champion")
     with pytest.raises(MlflowException, match=re.escape("does not match expected shape (-1, 28, 28)")):
         encoder.predict(np.zeros((2, 784), np.float32))
+    proc = cli("sample", "--tracking-uri", mlflow_url, "--model-uri", "models:/vae-mnist-encoder@champion",
+               "--out", str(tmp_path / "s.png"))  # fmt: skip
+    assert_one_line_error(proc, "--model-uri", "takes images")
     # what serving one installs: MLflow and torch at this environment's versions (given, not inferred)
     requirements = Path(mlflow.artifacts.download_artifacts("models:/vae-mnist-encoder@champion/requirements.txt"))
     lines = requirements.read_text().split()

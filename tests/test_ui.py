@@ -1,4 +1,4 @@
-"""The MLflow UI in a real headless Chromium: the experiment, its nested trials, the registered model."""
+"""The MLflow UI in a real headless Chromium, from a fresh profile: the printed address, a trial, the champion."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 The decoders' shapes are the table `DECODERS` below: the seed report's text has shape errors (layers
 whose sizes do not chain to 28x28), and this table is the corrected one each decoder is built from.
-The decoder returns logits; a sigmoid is applied only when an image is drawn.
+The decoder returns logits; a sigmoid is applied only when an image is drawn. `Generator`,
+`LatentCode` and `Reconstruction` wrap a trained VAE as one forward each, for a registered model.
 """
 
 from __future__ import annotations
