@@ -65,8 +65,8 @@ def _result(version: Any, moved: bool, models: dict[str, str]) -> dict[str, Any]
     return {
         "run_id": tags["source_run_id"],
         "version": int(version.version),
-        "val_loss": float(tags["val_loss"]),
-        "test_loss": float(tags["test_loss"]),
+        "val_loss": float(tags["val_loss"]) if "val_loss" in tags else None,  # None: tagged by no promotion
+        "test_loss": float(tags["test_loss"]) if "test_loss" in tags else None,
         "iwae_test": float(tags["iwae_test"]) if "iwae_test" in tags else None,
         "iw_samples": int(tags.get("iw_samples", 0)) or None,
         "alias_moved": moved,

@@ -249,12 +249,13 @@ def test_a_worse_model_takes_the_alias_only_with_force_and_rollback_undoes_it(
     from vae.model import VAE, Generator
 
     mlflow.set_tracking_uri(mlflow_url)
-    with mlflow.start_run(experiment_id=exp):
+    with mlflow.start_run(experiment_id=client.create_experiment("older-vaesearch")):
         alone = mlflow.pytorch.log_model(
             Generator(VAE(1, 8, 2)).eval(), name="generator", input_example=np.zeros((2, 2), np.float32),
             registered_model_name="vae-mnist", serialization_format="pt2",
         ).registered_model_version  # fmt: skip
-    client.set_model_version_tag("vae-mnist", str(alone), "source_run_id", "an-older-run")
+    for key, value in {"source_run_id": "an-older-run", "val_loss": "300.0", "test_loss": "301.0"}.items():
+        client.set_model_version_tag("vae-mnist", str(alone), key, value)
     _set_alias(client, "vae-mnist", "champion", str(alone))  # the champion it was
     assert promote(mlflow_url, "--force")["alias_moved"]  # the best run again, on all three
     older = promote(mlflow_url, "--rollback")
