@@ -56,21 +56,28 @@ def study_of(search: Search) -> optuna.Study:
 CONFIGS_PER_PARAM = 5
 
 
-def importance_support(search: Search) -> tuple[int, int]:
-    """(distinct configs among the ranked trials, how many importance needs: CONFIGS_PER_PARAM per varied param)."""
-    study = study_of(search)
-    varied = [p for p in searched_params(search) if len({t.params[p] for t in study.trials}) > 1]
+def _varied(search: Search, study: optuna.Study) -> list[str]:
+    return [p for p in searched_params(search) if len({t.params[p] for t in study.trials}) > 1]
+
+
+def _support(study: optuna.Study, varied: list[str]) -> tuple[int, int]:
     configs = len({tuple(t.params[p] for p in varied) for t in study.trials})
     return configs, CONFIGS_PER_PARAM * max(len(varied), 1)
 
 
+def importance_support(search: Search) -> tuple[int, int]:
+    """(distinct configs among the ranked trials, how many importance needs: CONFIGS_PER_PARAM per varied param)."""
+    study = study_of(search)
+    return _support(study, _varied(search, study))
+
+
 def importance(search: Search) -> dict[str, dict[str, float]]:
     """Importance of each searched parameter for best_val_loss, by fANOVA and by PED-ANOVA; {} with too few configs."""
-    configs, needed = importance_support(search)
+    study = study_of(search)
+    varied = _varied(search, study)
+    configs, needed = _support(study, varied)
     if configs < needed:
         return {}
-    study = study_of(search)
-    varied = [p for p in searched_params(search) if len({t.params[p] for t in study.trials}) > 1]
     evaluators = {
         "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0),
         "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(),

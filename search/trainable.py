@@ -51,7 +51,7 @@ def replay(tracker: TrialTracker, run_id: str, twin: Any, rows: list[dict[str, f
             f"{twin_state}: this run trained nothing and holds no metrics; see the twin's.")  # fmt: skip
     patiently(lambda: tracker.set_tags(run_id, {DUPLICATE_OF: twin_id, NOTE: note}), "tagging the duplicate")
     for i, row in enumerate(rows):
-        result = {**row, "mlflow_run_id": run_id, DUPLICATE_OF: twin.info.run_id}
+        result = {**row, "mlflow_run_id": run_id, DUPLICATE_OF: twin_id}
         if i == len(rows) - 1:
             result[END_STATE] = twin_state
             result[END_REASON] = f"duplicate of run {twin_id}: {twin.data.tags.get(END_REASON, '')}"
@@ -89,14 +89,15 @@ def _child_run(tracker: TrialTracker, settings: TrialSettings, sampled: dict[str
 
 def _ended_before(tracker: TrialTracker, run_id: str) -> bool:
     """A run that ended before the driver was lost (which Ray's saved state may not know) reports its end at once."""
-    ended = patiently(lambda: tracker.end_of(run_id), "reading how this trial ended")
-    if not ended or ended[0] == EndState.KILLED:
+    tags = patiently(lambda: tracker.tags(run_id), "reading how this trial ended")
+    if tags.get(END_STATE, EndState.KILLED) == EndState.KILLED:
         return False
-    twin = patiently(lambda: tracker.tags(run_id), "this trial's tags").get(DUPLICATE_OF)
+    twin = tags.get(DUPLICATE_OF)
     rows = patiently(lambda: tracker.history(twin or run_id), "this trial's history")  # a replay's: its twin's
     last = rows[-1] if rows else {"epoch": 0, "best_val_loss": math.inf}
     replay = {DUPLICATE_OF: twin} if twin else {}
-    tune.report({**last, **replay, END_STATE: ended[0], END_REASON: ended[1], "mlflow_run_id": run_id})
+    ended = {END_STATE: tags[END_STATE], END_REASON: tags.get(END_REASON, "")}
+    tune.report({**last, **replay, **ended, "mlflow_run_id": run_id})
     return True
 
 

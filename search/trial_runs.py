@@ -18,7 +18,6 @@ from search.tracking import Tracker, config_key, tag_text
 from vae.records import (
     CONFIG_KEY,
     DUPLICATE_OF,
-    END_REASON,
     END_STATE,
     ERROR_TYPE,
     PARENT_TAG,
@@ -84,11 +83,6 @@ class TrialTracker(Tracker):
             if tags.get(END_STATE) in REPLAYABLE_STATES and run.data.metrics.get("val_loss") is not None:
                 return run
         return None
-
-    def end_of(self, run_id: str) -> tuple[str, str] | None:
-        """(end_state, end_reason) of a run that ended, else None."""
-        tags = self.tags(run_id)
-        return (tags[END_STATE], tags.get(END_REASON, "")) if END_STATE in tags else None
 
     def system_metrics(self, run_id: str, interval_s: float, resumed: bool) -> Any:
         """MLflow's system-metrics sampler (CPU, memory, disk, network, GPU where present) on a run, started.
