@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from vae import records
 from vae.errors import UserError
-from vae.records import DUPLICATE_OF, END_STATE, KIND, METRICS, MODEL_PARAMS, PARENT_TAG, RANKED_BY
+from vae.records import DUPLICATE_OF, END_STATE, KIND, METRICS, MODEL_PARAMS, PARENT_TAG, PAUSED_AT, RANKED_BY
 
 
 class AnalysisError(UserError):
@@ -38,7 +38,8 @@ class Trial:
 
     @property
     def end_state(self) -> str:
-        return self.tags.get(END_STATE, "running")
+        """How it ended; "paused" while the promotion scheduler holds it at a rung, else "running"."""
+        return self.tags.get(END_STATE, "paused" if PAUSED_AT in self.tags else "running")
 
     @property
     def duplicate_of(self) -> str | None:

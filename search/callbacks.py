@@ -14,7 +14,7 @@ from ray import tune
 
 from search.recorder import Recorder, error_line
 from search.tracking import Sender, Tracker, run_status
-from vae.records import DUPLICATE_OF, END_REASON, END_STATE, METRICS
+from vae.records import DUPLICATE_OF, END_REASON, END_STATE, METRICS, PAUSED_AT
 
 METRIC_WRITE = "metrics "  # how a metric write is named in the driver's queue
 
@@ -46,10 +46,29 @@ class TrackingCallback(tune.Callback):
 
     def _run_id(self, trial: Any) -> str | None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
-        if run_id:
-            return run_id
-        run = self.tracker.trial_run(self.experiment_id, self.parent_run_id, trial.trial_id)
+        return run_id or self._run_of(trial.trial_id)
+
+    def _run_of(self, trial_id: str) -> str | None:
+        run = self.tracker.trial_run(self.experiment_id, self.parent_run_id, trial_id)
         return run.info.run_id if run else None
+
+    def paused(self, trial_id: str, epoch: int, loss: float) -> None:
+        """The run says where it waits (its end_state, which is final, is not set)."""
+
+        def write() -> None:
+            run_id = self._run_of(trial_id)
+            if run_id:
+                self.tracker.set_tags(run_id, {PAUSED_AT: epoch})
+
+        self.sender.submit(f"pause of {trial_id}", write)
+
+    def promoted(self, trial_id: str, epoch: int) -> None:
+        def write() -> None:
+            run_id = self._run_of(trial_id)
+            if run_id:
+                self.tracker.delete_tag(run_id, PAUSED_AT)
+
+        self.sender.submit(f"promotion of {trial_id}", write)
 
     def _end(self, trial: Any, state: str, reason: str, status: str) -> None:
         def write() -> None:

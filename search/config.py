@@ -126,7 +126,8 @@ Train: Any = _train_section()
 class Budget(_Strict):
     num_samples: PositiveInt
     max_epochs: PositiveInt
-    max_concurrent: PositiveInt = 4
+    max_concurrent: PositiveInt | None = None
+    """At most this many trials at once (asha, fifo: 4 if not given); promotion runs as many as resources allow."""
     time_limit_s: Annotated[float, Field(gt=0)] | None = None
     """Stop the search once its driver has run this long, the sessions of a resumed search counted together."""
     max_total_epochs: PositiveInt | None = None
@@ -185,8 +186,9 @@ class SearchConfig(_Strict):
     tracking: Tracking = Tracking()
     storage_path: str | None = None
     """Ray's trial state; every node must reach it (NFS or object storage on a cluster)."""
-    scheduler: Literal["asha", "fifo"] = "asha"
-    """asha stops weak trials early; fifo runs every trial to max_epochs or early stopping (a report's protocol)."""
+    scheduler: Literal["asha", "promotion", "fifo"] = "asha"
+    """asha stops weak trials early; promotion pauses each at a rung (the asha section's) and resumes the
+    best once the rung can rank them; fifo runs every trial to max_epochs or early stopping (a report's protocol)."""
     points: list[dict[str, Any]] = []
     """Trials to run first, before the sampler proposes: each a full set of the space's values (a warm start)."""
 
@@ -196,6 +198,16 @@ class SearchConfig(_Strict):
             raise _FieldError(
                 "asha.grace_period",
                 f"must be at most budget.max_epochs ({self.budget.max_epochs}), got {self.asha.grace_period}",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _concurrency_by_resources(self) -> SearchConfig:
+        if self.scheduler == "promotion" and self.budget.max_concurrent is not None:
+            raise _FieldError(
+                "budget.max_concurrent",
+                "not used with scheduler: promotion (paused trials would hold its slots); "
+                "resources.cpus and resources.gpus per trial set how many run at once",
             )
         return self
 

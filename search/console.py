@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import tune
 
-from search.recorder import BUDGET_SPENT, Recorder
+from search.recorder import ASHA_STOP, Recorder
 from vae.records import DUPLICATE_OF, END_STATE, RANKED_BY, EndState, rankable
 
 PROGRESS_EVERY_S = 30.0
@@ -53,7 +53,9 @@ class Console(tune.Callback):
         print(line, file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.say(f"trial {trial.trial_id} started: {_values(trial.config)}")
+        epoch = self.recorder.state.trials.get(trial.trial_id, {}).get("epoch")
+        again = f", from its checkpoint of epoch {epoch}" if epoch else ""  # promoted, retried or resumed
+        self.say(f"trial {trial.trial_id} started: {_values(trial.config)}{again}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.say(f"trial {trial.trial_id} lost its worker; Ray retries it from its last checkpoint")
@@ -70,15 +72,21 @@ class Console(tune.Callback):
             f" (a replay of run {last[DUPLICATE_OF]}: same values, trained nothing)" if last.get(DUPLICATE_OF) else ""
         )
         lines: dict[str, str] = {
-            EndState.PRUNED: f"{reason}, {loss}"
-            if reason.startswith(BUDGET_SPENT) or last.get(DUPLICATE_OF)
-            else f"pruned by ASHA at epoch {epoch}, {loss}",
+            EndState.PRUNED: f"pruned by ASHA at epoch {epoch}, {loss}"
+            if reason.startswith(ASHA_STOP) and not last.get(DUPLICATE_OF)
+            else f"{reason}, {loss}",  # the epoch budget, a replay's twin, a pause that lasted to the end
             EndState.EARLY_STOPPED: f"early stopped at epoch {epoch}, {loss}",
             EndState.COMPLETED: f"completed {epoch} epochs, {loss}",
             EndState.FAILED: f"failed: {reason}",
             EndState.KILLED: f"stopped: {reason}",
         }
         self.say(f"trial {trial.trial_id} {lines.get(state, state)}{replay}")
+
+    def paused(self, trial_id: str, epoch: int, loss: float) -> None:
+        self.say(f"trial {trial_id} paused at epoch {epoch}, best {loss:.2f}: it waits for its rung to rank it")
+
+    def promoted(self, trial_id: str, epoch: int) -> None:
+        self.say(f"trial {trial_id} promoted from epoch {epoch}: among the best of its rung, it trains on")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
@@ -92,6 +100,8 @@ class Console(tune.Callback):
         states = list(ends.values())
         done = len(states)
         running = sum(t.status == "RUNNING" for t in trials)
+        held = sum(bool(t.get("paused")) and not t.get("end_state") for t in self.recorder.state.trials.values())
+        paused = f", {held} paused" if held else ""
         losses = [
             last[RANKED_BY]
             for t in trials
@@ -106,7 +116,7 @@ class Console(tune.Callback):
         to_go = f", about {_duration(left)} to go" if left is not None else ""
         pruned, failed = states.count(EndState.PRUNED), states.count(EndState.FAILED)
         return (
-            f"progress: {done}/{self.num_samples} trials done ({running} running, {pruned} pruned, "
+            f"progress: {done}/{self.num_samples} trials done ({running} running{paused}, {pruned} pruned, "
             f"{failed} failed){spent}, {best}, {_duration(elapsed)} elapsed{to_go}"
         )
 

@@ -13,7 +13,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from search.recorder import Recorder
-from search.searcher import OPTUNA_STATE
+from search.searcher import OPTUNA_STATE, tell_promoted_end
 from search.tracking import Tracker, run_status
 from vae import checkpoint
 from vae.records import END_REASON, END_STATE, TRIAL_ID, EndState
@@ -41,10 +41,12 @@ def mend_from_record(recorder: Recorder, tracker: Tracker, study: Any, known: se
 
 
 def tell_ends(recorder: Recorder, study: Any) -> None:
-    """Tell Optuna each end the record has and Optuna lacks; a trial the record lacks failed."""
+    """Tell Optuna each end (and pause) the record has and Optuna lacks; a trial the record lacks failed."""
     by_number = {t["optuna"]: t for t in recorder.state.trials.values() if "optuna" in t}
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial = by_number.get(frozen.number, {"end_state": EndState.FAILED})
+        if trial.get("paused") and not trial.get("end_state"):  # paused at a rung: pruned there for Optuna
+            study.tell(frozen.number, state=TrialState.PRUNED, skip_if_finished=True)
         if not trial.get("end_state"):
             continue
         state, value = OPTUNA_STATE[trial["end_state"]], trial.get("loss")
@@ -53,6 +55,9 @@ def tell_ends(recorder: Recorder, study: Any) -> None:
         else:  # pruned: with its last intermediate value; complete without a value: nothing to rank
             state = TrialState.FAIL if state == TrialState.COMPLETE else state
             study.tell(frozen.number, state=state, skip_if_finished=True)
+    for trial_id, trial in recorder.state.trials.items():
+        if trial.get("promoted") and trial.get("end_state"):
+            tell_promoted_end(study, trial_id, trial)
 
 
 def end_unfinished(recorder: Recorder, tracker: Tracker, study: Any, experiment_id: str, parent: str) -> None:

@@ -22,6 +22,7 @@ from search.state import SearchState
 from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, RANKED_BY, EndState
 
 BUDGET_SPENT = "stopped: the search's epoch budget was spent"
+ASHA_STOP = "stopped by ASHA"  # how a reason of ASHA's own begins
 
 
 class Ending:
@@ -65,6 +66,9 @@ class Recorder:
         self.state.trials.pop(trial_id, None)
         for rung in self.state.scheduler.get("rungs", {}).values():
             rung.pop(trial_id, None)
+        for promoted in self.state.scheduler.get("promoted", {}).values():
+            if trial_id in promoted:
+                promoted.remove(trial_id)
 
     def trial(self, trial_id: str) -> dict[str, Any]:
         return self.state.trials.setdefault(trial_id, {})

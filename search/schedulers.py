@@ -4,20 +4,22 @@ Ray saves no scheduler with its experiment state: its ASHA starts a resumed
 search with empty rungs, and promotes differently from a search that ran
 through. `Asha` here decides as Ray's `AsyncHyperBandScheduler` does (same
 milestones, same cutoff, one bracket) over rungs kept in the record.
-Both schedulers also end the search's trials once the recorder says it must
-end (a budget, fail-fast): Ray's `Stopper` would be pickled into Ray's state.
+`Promotion` is successive halving that pauses trials at rungs and promotes the
+best, which Ray does not offer. All of them also end the search's trials once the
+recorder says it must end (a budget, fail-fast): Ray's `Stopper` would be pickled
+into Ray's state.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from search.config import SearchConfig
-from search.recorder import Recorder
+from search.recorder import ASHA_STOP, Recorder
 from vae.records import DUPLICATE_OF, RANKED_BY, EndState, rung_epochs
 
 
@@ -76,7 +78,7 @@ class Asha(Fifo):
         if epoch >= self.max_epochs:  # the trial ends here by itself, as it reports
             return TrialScheduler.STOP
         if self.judge(trial.trial_id, epoch, result[RANKED_BY]):
-            self.recorder.stopped(trial.trial_id, EndState.PRUNED, f"stopped by ASHA after epoch {epoch}")
+            self.recorder.stopped(trial.trial_id, EndState.PRUNED, f"{ASHA_STOP} after epoch {epoch}")
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
@@ -106,8 +108,125 @@ class Asha(Fifo):
         )
 
 
-def scheduler(cfg: SearchConfig, recorder: Recorder) -> Fifo:
-    """ASHA (the default) or FIFO (no stops but the search's own end), built fresh from the record."""
+class Listener(Protocol):
+    """Who hears of pauses and promotions, which Ray's callbacks and searchers have no hook for."""
+
+    def paused(self, trial_id: str, epoch: int, loss: float) -> None: ...
+
+    def promoted(self, trial_id: str, epoch: int) -> None: ...
+
+
+class Promotion(Asha):
+    """Successive halving by promotion (the ASHA paper's algorithm; Syne Tune's `type="promotion"`).
+
+    A trial that reaches a rung is recorded there and paused (Ray keeps its last
+    checkpoint). When a worker frees, the top rung first, a paused trial among the
+    best floor(n / reduction_factor) of its rung's n recorded values is promoted:
+    resumed from its checkpoint to the next rung. A rung thus promotes nothing
+    before it holds reduction_factor results, the fewest that rank one trial
+    above others: Ray's ASHA, with no cutoff while a rung is empty, lets the first
+    arrival run on whatever it is worth. Otherwise a new trial starts; once none
+    is left to start and nothing runs, the trials still paused end as pruned.
+
+    The record keeps the rungs, `scheduler.promoted` (`{milestone: [trial id]}`)
+    and each paused trial's `paused` milestone, so a resume makes the same
+    decisions. Replays report without checkpoints and are never paused.
+    """
+
+    def __init__(
+        self, recorder: Recorder, max_epochs: int, grace_period: int, reduction_factor: float,
+        num_samples: int, listeners: list[Listener],
+    ) -> None:  # fmt: skip
+        super().__init__(recorder, max_epochs, grace_period, reduction_factor)
+        self.num_samples, self.listeners = num_samples, listeners
+        promoted = recorder.state.scheduler.setdefault("promoted", {})
+        self.promoted: dict[str, list[str]] = {str(m): promoted.setdefault(str(m), []) for m in self.milestones}
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        """A trial the record has paused stays paused on resume (Ray resumes its paused trials as pending)."""
+        if self._paused_at(trial.trial_id) is not None and trial.status == Trial.PENDING:
+            trial.set_status(Trial.PAUSED)  # before Ray files the trial by its status, right after this call
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        if Fifo.on_trial_result(self, tune_controller, trial, result) == TrialScheduler.STOP:
+            return TrialScheduler.STOP
+        if "epoch" not in result or RANKED_BY not in result or result.get(DUPLICATE_OF):
+            return TrialScheduler.CONTINUE  # a replay has no checkpoint to resume from: it runs out, unjudged
+        epoch, loss = int(result["epoch"]), float(result[RANKED_BY])
+        if epoch >= self.max_epochs:
+            return TrialScheduler.STOP
+        rung = next((m for m in reversed(self.milestones) if m <= epoch), None)
+        if rung is None or trial.trial_id in self.rungs[str(rung)]:
+            return TrialScheduler.CONTINUE
+        self.rungs[str(rung)][trial.trial_id] = loss
+        self.recorder.trial(trial.trial_id)["paused"] = rung
+        self.recorder.save()
+        for listener in self.listeners:
+            listener.paused(trial.trial_id, epoch, loss)
+        return TrialScheduler.PAUSE
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        """A promotion first, from the top rung down; else a new trial; else, with nothing left, the end."""
+        if self.recorder.state.ending is not None:
+            return super().choose_trial_to_run(tune_controller)
+        trials = {t.trial_id: t for t in tune_controller.get_live_trials()}
+        for milestone in reversed(self.milestones):
+            for trial_id in self.promotable(milestone):
+                if trial_id in trials and trials[trial_id].status in (Trial.PAUSED, Trial.PENDING):
+                    self.promote(trial_id, milestone)
+                    return trials[trial_id]
+        waiting = [t for t in trials.values() if t.status == Trial.PENDING and self._paused_at(t.trial_id) is None]
+        if waiting:
+            return waiting[0]
+        if len(self.recorder.state.trials) >= self.num_samples and all(
+            t.status == Trial.PAUSED for t in trials.values()
+        ):
+            for trial in list(trials.values()):  # nothing runs or waits, and no trial is left to propose
+                rung = self._paused_at(trial.trial_id)
+                reason = f"paused at epoch {rung} and not promoted: not in the best 1/{self.rf:g} of its rung"
+                self.recorder.stopped(trial.trial_id, EndState.PRUNED, reason)
+                tune_controller.stop_trial(trial)
+        return None
+
+    def promotable(self, milestone: int) -> list[str]:
+        """The rung's paused trials among its best floor(n / reduction_factor), best first."""
+        rung = self.rungs[str(milestone)]
+        best = sorted(rung, key=lambda tid: rung[tid])[: int(len(rung) // self.rf)]
+        return [tid for tid in best if tid not in self.promoted[str(milestone)] and self._paused_at(tid) == milestone]
+
+    def promote(self, trial_id: str, milestone: int) -> None:
+        """Recorded before Ray resumes the trial: a resume finds it promoted, not paused."""
+        self.promoted[str(milestone)].append(trial_id)
+        trial = self.recorder.trial(trial_id)
+        trial.pop("paused", None)
+        trial["promoted"] = True
+        self.recorder.save()
+        for listener in self.listeners:
+            listener.promoted(trial_id, milestone)
+
+    def _paused_at(self, trial_id: str) -> int | None:
+        return self.recorder.state.trials.get(trial_id, {}).get("paused")
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        """A trial that ended by itself before a rung still counts there (it is not paused: it ended)."""
+        if result and not result.get(DUPLICATE_OF) and "epoch" in result and RANKED_BY in result:
+            epoch = int(result["epoch"])
+            rung = next((m for m in reversed(self.milestones) if m <= epoch), None)
+            if rung is not None and epoch < self.max_epochs:
+                self.rungs[str(rung)].setdefault(trial.trial_id, float(result[RANKED_BY]))
+                self.recorder.save()
+
+    def debug_string(self) -> str:
+        return f"vaesearch promotion over epochs {self.milestones}: " + ", ".join(
+            f"{m}: {len(self.rungs[str(m)])} recorded, {len(self.promoted[str(m)])} promoted" for m in self.milestones
+        )
+
+
+def scheduler(cfg: SearchConfig, recorder: Recorder, listeners: list[Listener] | None = None) -> Fifo:
+    """ASHA (the default), promotion or FIFO (no stops but the search's own end), built fresh from the record."""
     if cfg.scheduler == "fifo":
         return Fifo(recorder)
-    return Asha(recorder, cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
+    halving = (recorder, cfg.budget.max_epochs, cfg.asha.grace_period, cfg.asha.reduction_factor)
+    if cfg.scheduler == "promotion":
+        return Promotion(*halving, cfg.budget.num_samples, listeners or [])
+    return Asha(*halving)

@@ -49,8 +49,10 @@ class SearchState:
     `trials` maps each Ray trial id to what the driver knows of it: `config` (the
     sampled values), `optuna` (its number in the study), `epoch` (the last one
     reported), `end_state` and `end_reason` once it ended, `stopped` (why the
-    scheduler stopped it, if it did). `scheduler` is the scheduler's own state
-    (ASHA: its rungs, `{epoch: {trial id: recorded value}}`). `ending` says why
+    scheduler stopped it, if it did), and under the promotion scheduler `paused`
+    (the rung it waits at) and `promoted` (it was, at least once). `scheduler` is
+    the scheduler's own state (ASHA and promotion: the rungs, `{epoch: {trial id:
+    recorded value}}`; promotion also `promoted`, `{epoch: [trial id]}`). `ending` says why
     the last session of the driver ended (`finished`, `interrupted`, a budget,
     fail-fast); `spent_s` is the driver time earlier sessions spent, for the time budget.
     """

@@ -208,6 +208,11 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tag_text(tags).items()])
 
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Gone from the run; a tag already gone is no error (a write retried after it landed)."""
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
+
     def children(self, experiment_id: str, parent_id: str) -> list:
         """The active child runs of a parent, every page of them."""
         runs: list[Any] = []

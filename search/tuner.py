@@ -33,6 +33,7 @@ from vae.files import file_in_the_way
 from vae.records import BATCH_SIZE, LOST_WRITES, LR, MODEL_PARAMS, NOTE, RANKED_BY
 
 METRIC, MODE = RANKED_BY, "min"
+DEFAULT_CONCURRENCY = 4  # trials at once under asha and fifo when budget.max_concurrent is not given
 
 
 @dataclass
@@ -268,19 +269,23 @@ def _tune(
         known = {t.trial_id for t in tune.ExperimentAnalysis(str(folder)).trials} if resumable else set()
         mend_from_record(recorder, tracker, study, known)
     tracking = TrackingCallback(settings.tracking_uri, settings.experiment_id, settings.parent_run_id, recorder)
+    console = Console(cfg.budget.num_samples, recorder)
+    searcher = StudySearcher(study, space, recorder, lambda number: sampler(cfg, number))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    # Ray's concurrency limit frees a slot only when a trial ends: paused trials would hold every slot
+    limit = None if cfg.scheduler == "promotion" else cfg.budget.max_concurrent or DEFAULT_CONCURRENCY
     analysis = tune.run(
         trainable,
         name=cfg.name,
         storage_path=str(folder.parent),
-        search_alg=StudySearcher(study, space, recorder, lambda number: sampler(cfg, number)),
-        scheduler=scheduler(cfg, recorder),
+        search_alg=searcher,
+        scheduler=scheduler(cfg, recorder, [searcher, tracking, console]),
         num_samples=cfg.budget.num_samples,
-        max_concurrent_trials=cfg.budget.max_concurrent,
+        max_concurrent_trials=limit,
         reuse_actors=True,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         max_failures=2,  # lost workers only: trials catch their errors
-        callbacks=[*result_files(), RecordCallback(recorder), tracking, Console(cfg.budget.num_samples, recorder)],
+        callbacks=[*result_files(), RecordCallback(recorder), tracking, console],
         verbose=2 if verbose else 0,
         raise_on_failed_trial=False,
         resume_config=_resume_config() if resumable else None,

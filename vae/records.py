@@ -43,6 +43,7 @@ END_STATE, END_REASON = "end_state", "end_reason"  # how and why a trial ended
 ERROR_TYPE = "error_type"  # on a run whose training raised: the exception's class
 DUPLICATE_OF = "duplicate_of"  # on a run that replayed a finished twin instead of training
 NOTE = "mlflow.note.content"  # MLflow's own: a run's description (Markdown), the first thing its page shows
+PAUSED_AT = "paused_at"  # on a trial's run while the promotion scheduler holds it at a rung: that rung's epoch
 LOST_WRITES = "lost_writes"  # on a trial's run and its reports, and on the parent: MLflow writes that never landed
 ENDED = (EndState.COMPLETED, EndState.EARLY_STOPPED, EndState.PRUNED, EndState.FAILED)  # ran its course
 REPLAYABLE_STATES = ENDED  # a twin in one of these has a history a duplicate can replay (failed: diverged)
