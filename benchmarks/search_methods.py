@@ -1,0 +1,112 @@
+"""Run the search-method comparison: each method over the same seeds on configs/search-methods.yaml.
+
+For seed s, every method's search samples with the same seed, so they share their
+random start (TPE's start-up proposals are its random sampler's, seeded alike) and
+differ only after it: a paired design, which compares methods within a seed and
+needs fewer seeds than independent draws to tell them apart. Searches run one at
+a time, seed by seed, so a stopped run leaves whole pairs; each search's
+`trials.csv` (from `vaesearch report`) is copied to OUT/METHOD-sSEED.csv as it
+ends, and a line on the machine, precision and wall time goes to OUT/runs.csv.
+A search whose CSV exists is skipped; one with a record is resumed (`--resume`).
+
+    python benchmarks/search_methods.py --home ~/vaesearch-methods [--out docs/search-methods] [--seeds 0 1 2 3 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ROOT / "configs" / "search-methods.yaml"
+METHODS = {  # name: (sampler.kind, scheduler)
+    "random-asha": ("random", "asha"),
+    "tpe-asha": ("tpe", "asha"),
+    "tpe-promotion": ("tpe", "promotion"),
+}
+CONCURRENCY = 2  # asha's budget.max_concurrent: as many as the promotion scheduler's resources allow here
+
+
+def cpu() -> tuple[str, str]:
+    """The CPU's model name and its widest vector ISA, as the comparison's machines are recorded."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    isa = "avx512" if "avx512f" in text and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() != "AVX2" else "avx2"
+    return (model.group(1).strip() if model else platform.processor()), isa
+
+
+def config_for(method: str, seed: int, folder: Path) -> Path:
+    kind, scheduler = METHODS[method]
+    config = yaml.safe_load(BASE.read_text())
+    config["name"] = f"{method}-s{seed}"
+    config["sampler"].update(kind=kind, seed=seed)
+    config["scheduler"] = scheduler
+    if scheduler != "promotion":
+        config["budget"]["max_concurrent"] = CONCURRENCY
+    path = folder / f"{config['name']}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def vaesearch(home: Path, *args: str) -> int:
+    """The installed command, beside this Python, with the runs' own home (server, Ray state)."""
+    env = {**os.environ, "VAESEARCH_HOME": str(home)}
+    return subprocess.call([str(Path(sys.executable).parent / "vaesearch"), *args], env=env, cwd=ROOT)
+
+
+def run(method: str, seed: int, home: Path, out: Path, port: int) -> bool:
+    name = f"{method}-s{seed}"
+    target = out / f"{name}.csv"
+    if target.exists():
+        return True
+    (home / "configs").mkdir(parents=True, exist_ok=True)
+    config = config_for(method, seed, home / "configs")
+    resume = ["--resume"] if (home / "ray" / name / "vaesearch.json").exists() else []
+    started = time.time()
+    if vaesearch(home, "search", "--config", str(config), "--server-port", str(port), *resume) != 0:
+        print(f"{name}: the search did not finish; run this again to resume it", file=sys.stderr)
+        return False
+    wall = time.time() - started
+    report = home / "reports" / name
+    if vaesearch(home, "report", "--experiment", name, "--out", str(report)) != 0:
+        return False
+    shutil.copy(report / "trials.csv", target)
+    model, isa = cpu()
+    log = out / "runs.csv"
+    new = not log.exists()
+    with log.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["search", "cpu", "isa", "cores", "precision", "wall_s_this_session", "date"])
+        writer.writerow([name, model, isa, os.cpu_count(), "fp32", round(wall), time.strftime("%Y-%m-%d")])
+    print(f"{name}: wrote {target}", flush=True)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, required=True, help="VAESEARCH_HOME of the runs: server, Ray state")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "search-methods")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    parser.add_argument("--server-port", type=int, default=5057, help="the runs' embedded MLflow server")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for method in args.methods:
+            if not run(method, seed, args.home.expanduser().resolve(), args.out.resolve(), args.server_port):
+                sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
