@@ -10,9 +10,11 @@ outlives the server that ran it.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
@@ -92,6 +94,66 @@ def compare(client: MlflowClient | None, experiments: list[str], seed: list[str]
         summary["seed_best"] = target
     ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)",
            title="best so far against compute")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    summary["plot"] = str(out)
+    return summary
+
+
+SEEDED = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")  # METHOD-sSEED: one search of a method, by its seed
+
+
+def on_grid(curve: Curve, until: int) -> np.ndarray:
+    """A best-so-far curve at every trial-epoch 1..until: inf before its first epoch, its last value after its end
+    (a search that stopped keeps its best)."""
+    values = np.full(until, math.inf)
+    for x, y in curve:
+        values[x - 1 :] = y
+    return values
+
+
+def reached(curve: Curve, target: float) -> int | None:
+    """The trial-epochs a search spent before its best was at or below `target`; None if it never was."""
+    return next((x for x, y in curve if y <= target), None)
+
+
+def bands(client: MlflowClient | None, experiments: list[str], target: float | None, out: Path) -> dict[str, Any]:
+    """Searches named METHOD-sSEED grouped by method: the median and quartiles over seeds of the best loss so far
+    against cumulative trial-epochs, one band per method, drawn into `out`; per method, each seed's final best
+    and the trial-epochs it needed to reach `target`."""
+    by_method: dict[str, dict[int, Curve]] = {}
+    for name in experiments:
+        search = source(client, name)
+        match = SEEDED.match(search.name)
+        if match is None:
+            raise AnalysisError("experiment", f"{search.name}: --bands needs searches named METHOD-sSEED")
+        by_method.setdefault(match["method"], {})[int(match["seed"])] = best_so_far(search)
+    until = max(len(c) for curves in by_method.values() for c in curves.values())
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    summary: dict[str, Any] = {"target": target, "methods": {}}
+    x = np.arange(1, until + 1)
+    for method, curves in sorted(by_method.items()):
+        grid = np.stack([on_grid(c, until) for c in curves.values()])
+        low, mid, high = np.percentile(grid, [25, 50, 75], axis=0)  # inf where fewer than a quarter have a value
+        shown = np.isfinite(high)
+        line = ax.step(x[shown], mid[shown], where="post", label=f"{method} (median of {len(curves)} seeds)")
+        ax.fill_between(x[shown], low[shown], high[shown], step="post", alpha=0.2, color=line[0].get_color())
+        finals = {seed: float(on_grid(c, until)[-1]) for seed, c in sorted(curves.items())}
+        q1, median, q3 = np.percentile(list(finals.values()), [25, 50, 75])
+        entry: dict[str, Any] = {"seeds": sorted(curves), "final_best": finals,
+                                 "final_best_quartiles": [float(q1), float(median), float(q3)],
+                                 "trial_epochs": {seed: len(c) for seed, c in sorted(curves.items())}}  # fmt: skip
+        if target is not None:
+            entry["epochs_to_target"] = {seed: reached(c, target) for seed, c in sorted(curves.items())}
+        summary["methods"][method] = entry
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", label=f"target ({target:g})")
+    finite = [y for curves in by_method.values() for c in curves.values() for _, y in c if math.isfinite(y)]
+    ax.set_ylim(min(finite) - 1, np.percentile(finite, 95))  # the first epochs' losses would flatten the rest
+    ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)",
+           title="best so far against compute: median and quartiles over seeds")  # fmt: skip
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=90)

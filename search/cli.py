@@ -213,7 +213,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from analysis.compare import compare
+    from analysis.compare import bands, compare
 
     if args.out.suffix.lower() != ".png":
         raise UserError("out", f"must name a .png file, got {args.out}")
@@ -223,6 +223,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if seed is not None and len(seed) < 2:
         raise UserError("seed_sequence", "give TABLES12 and TABLES3 (and any reruns of Table 3's configs after it)")
     client = None if _csv_only([*args.experiment, *(seed or ())], args.tracking_uri) else _client(args.tracking_uri)
+    if args.bands:
+        if seed:
+            raise UserError("seed_sequence", "not with --bands, which groups searches by method")
+        print(json.dumps(bands(client, args.experiment, args.target, args.out.resolve())))
+        return 0
+    if args.target is not None:
+        raise UserError("target", "only with --bands")
     print(json.dumps(compare(client, args.experiment, seed, args.out.resolve())))
     return 0
 

@@ -192,6 +192,12 @@ def _compare(sub: Any) -> None:
         help="also the seed's 12 distinct runs in its order, from the searches (names or trials.csv files) that "
         "reproduced its Tables 1-2 and 3; more after TABLES3 are reruns of its configs, replacing their trials",
     )
+    cp.add_argument(
+        "--bands",
+        action="store_true",
+        help="searches named METHOD-sSEED: one band per method, the median and quartiles over its seeds",
+    )
+    cp.add_argument("--target", type=float, default=None, help="with --bands: the loss each seed's epochs are timed to")
     cp.add_argument("--out", type=Path, required=True, help="PNG file to write")
     cp.set_defaults(handler="compare")
 

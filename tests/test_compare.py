@@ -111,3 +111,23 @@ def test_report_reads_trials_csv_files_as_one_search_with_no_server(tmp_path: Pa
     assert sorted((t.run_id, t.epochs) for t in merged.trials) == [("r128-6-2", 2), ("rerun", 3)]
     named = cli("report", "--experiment", str(a), "--experiment", "some-search", "--out", str(out), env=home)
     assert_one_line_error(named, "--tracking-uri")  # a search's name still needs a server
+
+
+def test_bands_group_searches_by_method_over_seeds_and_time_each_to_the_target(tmp_path: Path) -> None:
+    """Two methods, two seeds each, from trials.csv files named METHOD-sSEED: medians, quartiles, epochs to target."""
+    curves = {"a-s0": [5.0, 4.0, 3.0], "a-s1": [6.0, 2.0], "b-s0": [5.0, 5.0, 5.0, 4.5], "b-s1": [4.0]}
+    files = []
+    for name, losses in curves.items():
+        search = Search("1", name, None, [_trial(64, 1, 2, losses, end_state="completed")])
+        files.append(str(write_trials_csv(search, tmp_path / f"{name}.csv")))
+    proc = cli("compare", *(f"--experiment={f}" for f in files), "--bands", "--target", "3.0",
+               "--out", str(tmp_path / "bands.png"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    a, b = summary["methods"]["a"], summary["methods"]["b"]
+    assert a["final_best"] == {"0": 3.0, "1": 2.0} and a["epochs_to_target"] == {"0": 3, "1": 2}
+    assert b["final_best"] == {"0": 4.5, "1": 4.0} and b["epochs_to_target"] == {"0": None, "1": None}
+    assert b["final_best_quartiles"] == [4.125, 4.25, 4.375] and a["trial_epochs"] == {"0": 3, "1": 2}
+    assert (tmp_path / "bands.png").stat().st_size > 0
+    misnamed = cli("compare", f"--experiment={files[0]}", "--target", "3", "--out", str(tmp_path / "x.png"))
+    assert_one_line_error(misnamed, "target")
