@@ -1,6 +1,7 @@
 """Every benchmark runs at its --smoke size, so that none can rot."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,21 @@ def test_system_metrics_cost_benchmark_smoke(mlflow_url: str) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0 < result["seconds_per_sample"] <= result["max"] and result["share"] > 0
+
+
+def test_gpu_check_runs_its_every_measurement_on_a_cpu_with_synthetic_images(tmp_path) -> None:
+    """The GPU check's own paths on a CPU (--quick), without MNIST, as the borrowed GPU machine runs it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--data-dir", str(tmp_path / "none")],
+        cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, "OUT": str(out)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert json.loads((out / "gpu_check.json").read_text()) == result
+    assert result["environment"]["data"] == "synthetic" and "error" not in json.dumps(result)
+    assert {f"d{d}-fp32" for d in range(1, 7)} <= set(result["epochs"])
+    assert all(result["epochs"][f"d{d}-fp32"]["epoch_s"] > 0 for d in range(1, 7))
+    assert set(result["processes"]) == {"1", "2"} and result["processes"]["2"]["vs_one"] > 0
+    assert result["graphs"]["compiled_ms"] > 0 and result["graphs"]["eager_ms"] > 0
