@@ -115,12 +115,14 @@ def _given_server_or_start_embedded(uri: str | None, port: int | None) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from search import config
+    from search.state import SearchState, searches_root
     from search.tuner import preflight, run_search
 
     cfg = config.load(args.config).override(
         **{"name": args.name, "tracking.tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
     )
-    checked = preflight(cfg, args.resume, args.address)  # every refusal before a server starts or a file is written
+    resume = args.resume or (args.resume_if_exists and SearchState.exists(searches_root(cfg.storage_path) / cfg.name))
+    checked = preflight(cfg, resume, args.address)  # every refusal before a server starts or a file is written
     uri = _given_server_or_start_embedded(checked.tracking_uri, args.server_port)
     outcome = run_search(checked, uri, address=args.address, verbose=args.verbose)
     print(f"MLflow UI: {outcome.ui}")

@@ -135,6 +135,11 @@ def _search(sub: Any) -> None:
     se.add_argument("--name", default=None, help="the search and its MLflow experiment (default: the config's name)")
     se.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://HOST:PORT (default: local Ray)")
     se.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    se.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="resume the search of this name if its record exists, else start it (a retried job's one command)",
+    )
     se.add_argument("--server-port", type=POSITIVE, default=None, help="port of the embedded MLflow server (5000)")
     se.add_argument("--verbose", action="store_true", help="also Ray's progress tables and its workers' output")
     se.set_defaults(handler="search")

@@ -135,7 +135,9 @@ def test_interrupt_then_resume_finishes_every_trial_once_and_promotes_as_a_searc
         sampler={"kind": "random", "seed": 1},  # six distinct configs: no replay (ASHA judges none)
         data={"subset": 512, "val_subset": 128},
     )
-    cmd = [sys.executable, "-m", "search", *search_args(config, "resume", mlflow_url, tmp_path / "ray")]
+    # --resume-if-exists, as a retried job's one command runs: a start here, a resume below
+    args = search_args(config, "resume", mlflow_url, tmp_path / "ray", "--resume-if-exists")
+    cmd = [sys.executable, "-m", "search", *args]
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=with_env(search_env(None)), preexec_fn=ctrl_c_able,
@@ -160,9 +162,9 @@ def test_interrupt_then_resume_finishes_every_trial_once_and_promotes_as_a_searc
     record = json.loads((tmp_path / "ray" / "resume" / "vaesearch.json").read_text())
     assert record["ending"] == "interrupted" and record["scheduler"]["rungs"]["1"], record
 
-    # resumed as a user would, without --tracking-uri: it goes on on the server it ran on, starting none
+    # resumed without --tracking-uri: it goes on on the server it ran on, starting none
     again = run_cli("search", "--config", str(config), "--name", "resume", "--storage-path", str(tmp_path / "ray"),
-                    "--resume", env=search_env(None, {"VAESEARCH_HOME": str(tmp_path / "home")}))  # fmt: skip
+                    "--resume-if-exists", env=search_env(None, {"VAESEARCH_HOME": str(tmp_path / "home")}))  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (tmp_path / "home").exists() and "MLflow server" not in again.stdout
     assert f"MLflow UI: {mlflow_url}/#/experiments/{exp.experiment_id}/runs?" in again.stdout  # the first server
