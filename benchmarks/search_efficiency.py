@@ -133,7 +133,7 @@ def main() -> None:
                 "tracking": {"samples_every": args.max_epochs},
             }
         )
-        settings = TrialSettings.of(cfg, url, "", "", data_dir)
+        settings = TrialSettings.of(cfg, url, "", "")  # each trial reads its node's default data folder
         ray_init(args.address, log=lambda m: None)
         results = {
             label: run(label, cfg, configs, settings, work / "ray", args.concurrent) for label in ("asha", "fifo")

@@ -147,11 +147,12 @@ class _Trial:
         precision, why = resolve_precision(config.precision, device, field="train.precision")
         patiently(lambda: self.tracker.set_tags(self.run_id, {"precision_reason": why}), "tagging the precision")
         patiently(lambda: self.tracker.log_params(self.run_id, {"precision": precision}), "logging the precision")
+        data_dir = settings.data_dir or data.default_data_dir()  # this node's
         try:
-            splits = data.load(settings.data_dir, device)  # verifies the MD5s
-        except data.DataError:  # a node without the data fetches it once
-            data.prepare(settings.data_dir, log=lambda m: None)
-            splits = data.load(settings.data_dir, device)
+            splits = data.load(data_dir, device)  # verifies the MD5s
+        except data.DataError:  # a node without the data takes the driver's once, MD5-checked
+            self.fetch_data(data_dir)
+            splits = data.load(data_dir, device)
         trainer = Trainer(dataclasses.replace(config, precision=precision), splits, device)
         if resume_from is not None:
             with resume_from.as_directory() as d:
@@ -159,6 +160,16 @@ class _Trial:
                 if (Path(d) / "best.pt").exists():
                     shutil.copy(Path(d) / "best.pt", self.best)
         return trainer
+
+    def fetch_data(self, data_dir: Path) -> None:
+        """MNIST from the driver through Ray's object store (no internet needed), else from its usual sources."""
+        import ray
+
+        if self.settings.mnist is None:
+            data.prepare(data_dir, log=lambda m: None)
+            return
+        data.unpack(ray.get(self.settings.mnist), data_dir)
+        patiently(lambda: self.tracker.set_tags(self.run_id, {"mnist_from": "driver"}), "tagging the data's source")
 
     def run(self, config: TrainConfig, resume_from: Any) -> None:
         """Train to the end, reporting every epoch; a trainer restored from its final checkpoint only reports."""

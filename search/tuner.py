@@ -197,7 +197,10 @@ def run_search(
     log(f"config {json.dumps(cfg.model_dump())}")
     recorder = Recorder(state, folder)
     try:
-        settings = TrialSettings.of(cfg, tracking_uri, state.experiment_id, state.parent_run_id, data_dir)
+        import ray
+
+        mnist = ray.put(data.packed(data_dir))  # a node without MNIST takes the driver's, not the internet's
+        settings = TrialSettings.of(cfg, tracking_uri, state.experiment_id, state.parent_run_id, mnist)
         return _tune(cfg, tracker, recorder, stored is not None, space, settings, log, verbose)
     except SearchStopped:  # already said on the parent run
         raise

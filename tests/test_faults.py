@@ -33,6 +33,7 @@ from tests.helpers import (
     with_env,
     write_config,
 )
+from vae import data
 
 pytestmark = pytest.mark.slow
 
@@ -206,25 +207,28 @@ def test_the_tracking_server_gone_for_a_while_loses_nothing(own_server, ray_head
 
 
 @pytest.fixture
-def two_nodes():
-    """`ray start --head` and a second `ray start --address`, one CPU each, on this machine.
+def two_nodes(tmp_path: Path):
+    """`ray start --head` and a second `ray start --address`, one CPU each, on this machine; the second's
+    data folder (VAESEARCH_DATA_DIR) is empty, as a fresh node's without internet would be.
 
     Torn down by stopping the processes carrying this cluster's own mark: `ray stop` would stop
     every Ray on the machine, a user's running search among them.
     """
     cluster = uuid.uuid4().hex
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VAESEARCH_TEST_CLUSTER": cluster}
+    empty = tmp_path / "fresh-node-data"
     address, before = "", ray_current()
     try:
         address = ray_start(env)
-        ray_start(env, head_address=address)
-        yield address, env
+        ray_start({**env, "VAESEARCH_DATA_DIR": str(empty)}, head_address=address)
+        yield address, env, empty
     finally:
         stop_cluster(cluster, address, before)
 
 
 def test_a_search_runs_trials_on_both_nodes_of_a_two_node_cluster(two_nodes, mlflow_url: str, tmp_path: Path) -> None:
-    address, env = two_nodes
+    """Trials on the node without MNIST train on the driver's files, sent through Ray and checked by MD5."""
+    address, env, empty = two_nodes
     config = write_config(
         tmp_path / "c.yaml",
         space={"hidden": [8, 16, 24, 32], "decoder": [1], "latent": [2]},
@@ -238,6 +242,9 @@ def test_a_search_runs_trials_on_both_nodes_of_a_two_node_cluster(two_nodes, mlf
     kids = [r for r in runs_of(MlflowClient(mlflow_url), "two-nodes") if "ray_trial_id" in r.data.tags]
     assert len(kids) == 4
     assert len({r.data.tags["ray_node_id"] for r in kids}) == 2, [r.data.tags["ray_node_id"] for r in kids]
+    fetched = [r for r in kids if r.data.tags.get("mnist_from") == "driver"]
+    assert fetched and all(r.data.tags["end_state"] == "completed" for r in fetched)
+    assert data.verify(empty) == {name: md5 for name, md5 in data.FILES.items()}
 
 
 def test_an_unreachable_ray_address_is_refused_before_anything_is_written(mlflow_url: str, tmp_path: Path) -> None:

@@ -226,6 +226,20 @@ def prepare(data_dir: Path | None = None, log: Callable[[str], None] = print) ->
     raise DataError(str(data_dir), "no source gave MNIST (no files, no internet, no PyPI)")
 
 
+def packed(data_dir: Path) -> dict[str, bytes]:
+    """The verified raw files (55 MB): what a node without MNIST is sent instead of going to the internet."""
+    verify(data_dir)
+    return {name: (raw_dir(data_dir) / name).read_bytes() for name in FILES}
+
+
+def unpack(files: dict[str, bytes], data_dir: Path) -> dict[str, str]:
+    """Write files `packed` made into `data_dir`, each atomically, and check their MD5s as `prepare` does."""
+    raw_dir(data_dir).mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        atomic_write(raw_dir(data_dir) / name, files[name])
+    return verify(data_dir)
+
+
 @dataclass
 class Split:
     """One split held on the device: images (N, 28, 28) uint8, labels (N,) int64."""
