@@ -119,7 +119,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from search.tuner import preflight, run_search
 
     cfg = config.load(args.config).override(
-        **{"name": args.name, "tracking.tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
+        **{
+            "name": args.name,
+            "tracking.tracking_uri": args.tracking_uri,
+            "storage_path": args.storage_path,
+            "study_storage": args.study_storage,
+        }
     )
     resume = args.resume or (args.resume_if_exists and SearchState.exists(searches_root(cfg.storage_path) / cfg.name))
     checked = preflight(cfg, resume, args.address)  # every refusal before a server starts or a file is written

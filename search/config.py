@@ -185,7 +185,11 @@ class SearchConfig(_Strict):
     data: Data = Data()
     tracking: Tracking = Tracking()
     storage_path: str | None = None
-    """Ray's trial state; every node must reach it (NFS or object storage on a cluster)."""
+    """The search's record and Ray's trial state: a folder every node reaches (NFS), or an object-store URI
+    (s3://bucket/prefix, gs://..., read with the endpoint and credentials the environment gives)."""
+    study_storage: str | None = None
+    """The Optuna study's database (postgresql+psycopg://user@host/db); default: a SQLite file beside the
+    record, which an object-store storage_path cannot hold."""
     scheduler: Literal["asha", "promotion", "fifo"] = "asha"
     """asha stops weak trials early; promotion pauses each at a rung (the asha section's) and resumes the
     best once the rung can rank them; fifo runs every trial to max_epochs or early stopping (a report's protocol)."""

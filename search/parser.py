@@ -134,6 +134,9 @@ def _search(sub: Any) -> None:
     se.add_argument("--config", type=Path, required=True, help="YAML search config (see configs/)")
     se.add_argument("--name", default=None, help="the search and its MLflow experiment (default: the config's name)")
     se.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://HOST:PORT (default: local Ray)")
+    se.add_argument(
+        "--study-storage", default=None, help="the Optuna study's database URL (needed with an s3:// storage path)"
+    )
     se.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
     se.add_argument(
         "--resume-if-exists",

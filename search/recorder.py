@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from search.state import SearchState
+from search.state import Place, SearchState
 from vae.records import DUPLICATE_OF, END_REASON, END_STATE, ERROR_TYPE, RANKED_BY, EndState
 
 BUDGET_SPENT = "stopped: the search's epoch budget was spent"
@@ -44,8 +44,8 @@ def measured(result: dict) -> bool:
 class Recorder:
     """The record of one search in a driver: its trials, its budgets, and how it ends."""
 
-    def __init__(self, state: SearchState, folder: Path, first: int = 4) -> None:
-        self.state, self.folder = state, folder
+    def __init__(self, state: SearchState, folder: Place | Path, first: int = 4) -> None:
+        self.state, self.folder = state, Place(folder)
         budget = state.config["budget"]
         self.time_limit_s: float | None = budget.get("time_limit_s")
         self.max_total_epochs: int | None = budget.get("max_total_epochs")

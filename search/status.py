@@ -14,8 +14,11 @@ from vae.records import END_STATE, ENDED, RANKED_BY, EndState
 
 def list_searches(storage_path: str | None, tracking_uri: str | None) -> list[dict[str, Any]]:
     root = searches_root(storage_path)
-    if storage_path and not root.is_dir():
+    if storage_path and not root.is_remote and not root.path.is_dir():
         raise SearchError("storage_path", f"{root} is not a folder")
+    why = root.reachable()
+    if why:
+        raise SearchError("storage_path", f"cannot read {root}: {why}")
     rows = []
     for state in saved_searches(root):
         row: dict[str, Any] = {"name": state.name, "created": state.created}

@@ -26,7 +26,7 @@ from search.parent import best_child_run, description, start_parent
 from search.reconcile import end_unfinished, mend_from_record, reconcile
 from search.recorder import Ending, Recorder
 from search.settings import TrialSettings
-from search.state import VERSION, SearchState, checked_root, study_url
+from search.state import VERSION, Place, SearchState, checked_root, study_url
 from search.tracking import Tracker, runs_page
 from vae import data
 from vae.files import file_in_the_way
@@ -108,7 +108,7 @@ class Checked:
     """A search that passed every check that can refuse it; nothing has been started or written yet."""
 
     cfg: SearchConfig  # the stored config when resuming
-    folder: Path  # the search's folder under the storage root
+    folder: Place  # the search's folder under the storage root (here or in an object store)
     stored: SearchState | None  # the record of the search to resume
     tracking_uri: str | None  # the tracking server to use; None: the embedded one
 
@@ -117,6 +117,12 @@ def preflight(cfg: SearchConfig, resume: bool, address: str | None, log: Callabl
     """Every check that can refuse a search, before any server starts or any file is written."""
     folder = checked_root(cfg.storage_path) / cfg.name
     stored = _state(cfg, folder, resume, log)
+    if stored is None and folder.is_remote and not cfg.study_storage:  # a resume takes its record's
+        raise SearchError(
+            "study_storage",
+            f"needed with an object-store storage_path ({folder.parent}): the Optuna study must be in a "
+            "database every driver reaches, e.g. postgresql+psycopg://user@host/db",
+        )
     uri = cfg.tracking.tracking_uri if stored is None else _resumed_uri(cfg.tracking.tracking_uri, stored)
     if stored is not None:
         cfg = SearchConfig.model_validate(stored.config)
@@ -146,7 +152,7 @@ def data_folder(cfg: SearchConfig) -> Path:
     return Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else data.default_data_dir()
 
 
-def _state(cfg: SearchConfig, folder: Path, resume: bool, log: Callable[[str], None]) -> SearchState | None:
+def _state(cfg: SearchConfig, folder: Place, resume: bool, log: Callable[[str], None]) -> SearchState | None:
     """The stored state of the search to resume (its config is the one to run); a new search must not exist yet."""
     if resume:
         if not SearchState.exists(folder):
@@ -189,7 +195,7 @@ def run_search(
         tracker.set_tags(state.parent_run_id, {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **cluster})
     else:
         tags = {"storage_path": str(folder.parent), **cluster}
-        experiment_id, parent = start_parent(tracker, cfg, space, study_url(folder), md5s, tags)
+        experiment_id, parent = start_parent(tracker, cfg, space, study_url(cfg.model_dump(), folder), md5s, tags)
         state = SearchState(cfg.name, cfg.model_dump(), tracking_uri, experiment_id, parent, version=VERSION)
         state.save(folder)
     log(f"search {cfg.name}: experiment {state.experiment_id}, parent run {state.parent_run_id}")
@@ -212,11 +218,12 @@ def run_search(
         raise
 
 
-def _study(cfg: SearchConfig, folder: Path, resume: bool) -> Any:
-    """The search's Optuna study, in its folder; a new one holds the config's fixed points, waiting in order."""
+def _study(cfg: SearchConfig, folder: Place, resume: bool) -> Any:
+    """The search's Optuna study (in its folder, or the config's database); a new one holds the config's fixed
+    points, waiting in order."""
     import optuna
 
-    storage = optuna.storages.RDBStorage(study_url(folder))
+    storage = optuna.storages.RDBStorage(study_url(cfg.model_dump(), folder))
     if resume:
         return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler(cfg))
     study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler(cfg), direction="minimize")
@@ -225,10 +232,11 @@ def _study(cfg: SearchConfig, folder: Path, resume: bool) -> Any:
     return study
 
 
-def _ray_saved(folder: Path) -> bool:
+def _ray_saved(folder: Place) -> bool:
     """Ray saved its experiment state (a driver killed in its first seconds may not have): there is
     something for `tune.run` to resume, which otherwise logs a traceback and starts afresh."""
-    return any(folder.glob("experiment_state-*.json"))  # Ray's TuneController.CKPT_FILE_TMPL
+    names = [p.name for p in folder.children()]  # Ray's TuneController.CKPT_FILE_TMPL
+    return any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
 
 
 def _resume_config() -> Any:

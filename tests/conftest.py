@@ -29,6 +29,8 @@ from tests.helpers import (
 )
 from vae import data
 
+PG = "postgresql://postgres@127.0.0.1:5432"  # the machine's PostgreSQL, trust auth (pg_database)
+
 os.environ["RAY_AUTH_MODE"] = "disabled"  # the suite's Ray head and the searches that join it agree
 environment.configure(local_ray=False)  # as `main` does: in-process tests run as the command would
 os.environ[MARK] = uuid.uuid4().hex  # last: see tests/test_cleanup.py
@@ -103,6 +105,25 @@ def own_server(tmp_path: Path):
     info = server.start(folder, port=port)
     yield folder, port, info
     server.stop(folder)
+
+
+@pytest.fixture
+def pg_database():
+    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(f"{PG}/test", connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL does not answer on 127.0.0.1:5432 under CI: {e}")
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({str(e).strip()})")
+    name = f"vaesearch_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    yield f"{PG}/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
 
 
 @pytest.fixture(scope="session")

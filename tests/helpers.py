@@ -211,7 +211,9 @@ def write_config(path: Path, **sections: dict) -> Path:
     return path
 
 
-def search_args(config: Path, name: str, url: str, storage: Path, *extra: str, address: str | None = None) -> list[str]:
+def search_args(
+    config: Path, name: str, url: str, storage: Path | str, *extra: str, address: str | None = None
+) -> list[str]:
     """`vaesearch search`'s arguments: a given server and storage path, on the Ray at `address` (None: its own)."""
     joined = ["--address", address] if address else []
     return ["search", "--config", str(config), "--name", name, "--tracking-uri", url, "--storage-path", str(storage),

@@ -75,7 +75,8 @@ def test_the_rayjob_runs_a_search_that_starts_or_resumes_on_the_object_store() -
     assert words[0] == "vaesearch" and job["backoffLimit"] >= 1
     args = build_parser().parse_args(words[1:])
     assert args.resume_if_exists and args.address == "auto" and args.storage_path.startswith("s3://")
-    assert args.tracking_uri == "$MLFLOW_TRACKING_URI"  # the head's shell expands it from the pod's env
+    assert args.tracking_uri == "$MLFLOW_TRACKING_URI"  # the head's shell expands these from the pod's env
+    assert args.study_storage == "$OPTUNA_STORAGE"  # an object-store search keeps its study in a database
     assert load(REPO / args.config).resources.gpus > 0  # trials on the GPU workers
     cluster = manifest("raycluster.yaml")["spec"]
     assert job["rayClusterSpec"] == cluster  # one cluster shape, interactive or per job

@@ -16,8 +16,6 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import server
 from tests.helpers import assert_one_line_error, cli, run_cli, search, write_config
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-
 
 @pytest.mark.slow
 def test_start_status_stop_on_ipv6_loopback(tmp_path: Path) -> None:
@@ -118,25 +116,6 @@ def test_basic_auth_server_needs_credentials(tmp_path: Path) -> None:
             del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
     finally:
         server.stop(folder)
-
-
-@pytest.fixture
-def pg_database():
-    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(f"{PG}/test", connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL does not answer on 127.0.0.1:5432 under CI: {e}")
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({str(e).strip()})")
-    name = f"vaesearch_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    yield f"{PG}/{name}"
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
 
 
 @pytest.mark.slow
