@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,12 @@ from tests.helpers import (
     assert_one_line_error,
     cli,
     ctrl_c_able,
+    ray_current,
+    ray_start,
     run_cli,
     search_args,
     search_env,
+    stop_cluster,
     with_env,
     write_config,
 )
@@ -121,11 +125,21 @@ def test_a_search_on_an_object_store_resumes_from_a_machine_that_shares_nothing_
     assert any(p.rpartition("/")[2].startswith("experiment_state-") for p in stored)  # Ray's state, there too
     assert not list(tmp_path.glob("a/**/optuna.db"))  # the study is in PostgreSQL, nothing of it on machine A
 
+    # machine B: another home, and a Ray cluster of two nodes whose only shared storage is the object store
     second = {**s3, "HOME": str(tmp_path / "b"), "VAESEARCH_HOME": str(tmp_path / "b" / "vaesearch")}
-    again = run_cli("search", "--config", str(config), "--name", "s3", "--storage-path", storage,
-                    "--resume-if-exists", env=search_env(None, second))  # fmt: skip
+    cluster = uuid.uuid4().hex
+    nodes = {**with_env(second), "RAY_AUTH_MODE": "disabled", "VAESEARCH_TEST_CLUSTER": cluster}
+    address, before = "", ray_current()
+    try:
+        address = ray_start(nodes)
+        ray_start({**nodes, "HOME": str(tmp_path / "c"), "VAESEARCH_DATA_DIR": str(tmp_path / "c" / "data")},
+                  head_address=address)  # fmt: skip
+        again = run_cli("search", "--config", str(config), "--name", "s3", "--storage-path", storage,
+                        "--resume-if-exists", "--address", address, env=nodes)  # fmt: skip
+    finally:
+        stop_cluster(cluster, address, before)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "ray: 1 node(s)" in again.stdout  # a Ray of its own: another head
+    assert "ray: 2 node(s)" in again.stdout
     _, kids = children(client, "s3")
     assert len(kids) == 4
     for run in kids:
