@@ -9,15 +9,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from mlflow_server.server import free_port
 from search import environment
 from tests.helpers import (
+    BUCKET,
+    KEY,
     MARK,
+    SECRET,
     processes_with,
     promote,
     ray_current,
@@ -57,7 +63,8 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signum, _stopped_from_outside)
 
 
-SERVERS = {"mlflow_url", "mlflow_folder", "own_server", "ray_head", "finished", "promoted", "two_nodes", "pg_database"}
+SERVERS = {"mlflow_url", "mlflow_folder", "own_server", "ray_head", "finished", "promoted", "two_nodes", "pg_database",
+           "s3"}  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -124,6 +131,46 @@ def pg_database():
     with admin.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.close()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """SeaweedFS's server with its S3 gateway and one bucket; the AWS_* settings that reach it. It ignores
+    SIGTERM, so it is killed after."""
+    from pyarrow import fs
+
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    identities = [{"name": "vaesearch", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]  # fmt: skip
+    (folder / "s3.json").write_text(json.dumps({"identities": identities}))
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    weed = str(Path(sys.executable).with_name("weed"))
+    cmd = [weed, "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-volume.max=4",
+           f"-s3.config={folder / 's3.json'}", "-master.telemetry=false", "-s3.port.iceberg=0",
+           *(f"-{n}.port={p}" for n, p in ports.items()),
+           *(f"-{n}.port.grpc={p}" for n, p in grpc.items())]  # fmt: skip
+    log = (folder / "weed.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}", "AWS_ACCESS_KEY_ID": KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    try:
+        store = fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=KEY, secret_key=SECRET,
+                                allow_bucket_creation=True)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                store.create_dir(BUCKET)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield env
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -249,3 +249,22 @@ def ctrl_c_able() -> None:
     ignored, and Python then never raises KeyboardInterrupt; restore the default.
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+BUCKET, KEY, SECRET = "vaesearch", "vaesearch-test", "vaesearch-test-secret"  # the `s3` fixture's bucket, keys
+
+
+def objects(env: dict, prefix: str) -> list[str]:
+    from pyarrow import fs
+
+    store = fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=KEY, secret_key=SECRET)
+    selector = fs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
+    return [i.path for i in store.get_file_info(selector)]
+
+
+def read_object(env: dict, key: str) -> bytes:
+    from pyarrow import fs
+
+    store = fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=KEY, secret_key=SECRET)
+    with store.open_input_stream(f"{BUCKET}/{key}") as f:
+        return f.read()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,22 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.helpers import REPO, ctrl_c_able, run_cli, search, search_args, search_env, with_env, write_config
+from tests.helpers import (
+    BUCKET,
+    REPO,
+    ctrl_c_able,
+    objects,
+    ray_current,
+    ray_start,
+    read_object,
+    run_cli,
+    search,
+    search_args,
+    search_env,
+    stop_cluster,
+    with_env,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -113,19 +129,23 @@ def test_searches_lists_the_search(finished: dict) -> None:
     assert row["best_val_loss"] == pytest.approx(finished["summary"]["best_val_loss"])
 
 
-def decisions(storage: Path, name: str) -> list[tuple]:
+def decisions(study: str, name: str) -> list[tuple]:
     """What the search made of each trial, in the order it asked for them: values, end, last epoch."""
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
-    return [(t.params, t.state.name, max(t.intermediate_values, default=0)) for t in study.trials]
+    trials = optuna.load_study(study_name=name, storage=study).trials
+    return [(t.params, t.state.name, max(t.intermediate_values, default=0)) for t in trials]
 
 
-def test_interrupt_then_resume_finishes_every_trial_once_and_promotes_as_a_search_that_ran_through(
-    mlflow_url: str, ray_head: str, tmp_path: Path
+def test_interrupt_on_an_object_store_then_resume_from_another_machine_as_a_search_that_ran_through(
+    mlflow_url: str, ray_head: str, s3: dict, pg_database: str, tmp_path: Path
 ) -> None:
-    """Ctrl-C as a user gives it, to a search with a Ray of its own (the default), then --resume.
+    """Ctrl-C as a user gives it, to a search with a Ray of its own (the default) whose record, Ray state and
+    checkpoints are in an object store (SeaweedFS over S3) and whose study is in PostgreSQL; then the same
+    command on a second machine: another home folder and a Ray cluster of two nodes, one of them with an
+    empty data folder, sharing nothing with the first but the store, the database and the tracking server.
 
     One trial at a time, random proposals seeded, ASHA at epochs 1 and 2; the Ctrl-C comes once two
     trials have ended and a third is under way. ASHA's rungs before the interrupt judge the trials after it.
+    `--resume-if-exists`, as a retried job's one command runs, starts the search the first time.
     """
     config = write_config(
         tmp_path / "resume.yaml",
@@ -135,12 +155,12 @@ def test_interrupt_then_resume_finishes_every_trial_once_and_promotes_as_a_searc
         sampler={"kind": "random", "seed": 1},  # six distinct configs: no replay (ASHA judges none)
         data={"subset": 512, "val_subset": 128},
     )
-    # --resume-if-exists, as a retried job's one command runs: a start here, a resume below
-    args = search_args(config, "resume", mlflow_url, tmp_path / "ray", "--resume-if-exists")
-    cmd = [sys.executable, "-m", "search", *args]
+    storage, study = f"s3://{BUCKET}/searches", pg_database.replace("postgresql://", "postgresql+psycopg://")
+    first = {**s3, "HOME": str(tmp_path / "a"), "VAESEARCH_HOME": str(tmp_path / "a" / "vaesearch")}
+    args = search_args(config, "resume", mlflow_url, storage, "--study-storage", study, "--resume-if-exists")
     proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=with_env(search_env(None)), preexec_fn=ctrl_c_able,
+        [sys.executable, "-m", "search", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=with_env(search_env(None, first)), preexec_fn=ctrl_c_able,
     )  # fmt: skip
     client = MlflowClient(mlflow_url)
     deadline = time.monotonic() + 300
@@ -153,20 +173,34 @@ def test_interrupt_then_resume_finishes_every_trial_once_and_promotes_as_a_searc
         time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("the search never got going")
+        pytest.fail(f"the search never got going: {proc.communicate()[1][-3000:]}")
     before = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss")) for r in ended}
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in out
-    record = json.loads((tmp_path / "ray" / "resume" / "vaesearch.json").read_text())
+    record = json.loads(read_object(s3, "searches/resume/vaesearch.json"))
     assert record["ending"] == "interrupted" and record["scheduler"]["rungs"]["1"], record
+    stored = objects(s3, "searches/resume")
+    assert any(p.rpartition("/")[2].startswith("experiment_state-") for p in stored)  # Ray's state, there too
+    assert not list(tmp_path.glob("a/**/optuna.db"))  # the study is in PostgreSQL: nothing of it on machine A
 
-    # resumed without --tracking-uri: it goes on on the server it ran on, starting none
-    again = run_cli("search", "--config", str(config), "--name", "resume", "--storage-path", str(tmp_path / "ray"),
-                    "--resume-if-exists", env=search_env(None, {"VAESEARCH_HOME": str(tmp_path / "home")}))  # fmt: skip
+    # machine B, without --tracking-uri: it goes on on the server the search ran on, starting none
+    second = {**s3, "HOME": str(tmp_path / "b"), "VAESEARCH_HOME": str(tmp_path / "b" / "vaesearch")}
+    cluster = uuid.uuid4().hex
+    nodes = {**with_env(second), "RAY_AUTH_MODE": "disabled", "VAESEARCH_TEST_CLUSTER": cluster}
+    address, previous = "", ray_current()
+    try:
+        address = ray_start(nodes)
+        ray_start({**nodes, "HOME": str(tmp_path / "c"), "VAESEARCH_DATA_DIR": str(tmp_path / "c" / "data")},
+                  head_address=address)  # fmt: skip
+        again = run_cli("search", "--config", str(config), "--name", "resume", "--storage-path", storage,
+                        "--resume-if-exists", "--address", address, env=nodes)  # fmt: skip
+    finally:
+        stop_cluster(cluster, address, previous)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert not (tmp_path / "home").exists() and "MLflow server" not in again.stdout
+    assert "ray: 2 node(s)" in again.stdout and "MLflow server" not in again.stdout
+    assert not (tmp_path / "b" / "vaesearch").exists()
     assert f"MLflow UI: {mlflow_url}/#/experiments/{exp.experiment_id}/runs?" in again.stdout  # the first server
     parent, kids = children(client, "resume")
     assert len(kids) == 6
@@ -177,12 +211,13 @@ def test_interrupt_then_resume_finishes_every_trial_once_and_promotes_as_a_searc
         assert len(steps) == len(set(steps)), steps
     for run_id, epochs in before.items():  # finished before the interrupt: not trained again
         assert len(client.get_metric_history(run_id, "val_loss")) == epochs
+    assert json.loads(read_object(s3, "searches/resume/vaesearch.json"))["ending"] == "finished"
 
     through = search(config, "through", mlflow_url, tmp_path / "ray", address=ray_head)
     assert through.returncode == 0, through.stderr[-3000:]
-    expected = decisions(tmp_path / "ray", "through")
+    expected = decisions(f"sqlite:///{tmp_path / 'ray' / 'through' / 'optuna.db'}", "through")
     assert any(state == "PRUNED" for _, state, _ in expected[2:]), expected  # ASHA judged trials after the kill
-    assert decisions(tmp_path / "ray", "resume") == expected
+    assert decisions(study, "resume") == expected
 
 
 def test_train_logs_one_run_to_mlflow(mlflow_url: str, tmp_path: Path, mnist_dir: Path) -> None:
