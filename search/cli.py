@@ -115,7 +115,6 @@ def _given_server_or_start_embedded(uri: str | None, port: int | None) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from search import config
-    from search.state import SearchState, searches_root
     from search.tuner import preflight, run_search
 
     cfg = config.load(args.config).override(
@@ -126,8 +125,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             "study_storage": args.study_storage,
         }
     )
-    resume = args.resume or (args.resume_if_exists and SearchState.exists(searches_root(cfg.storage_path) / cfg.name))
-    checked = preflight(cfg, resume, args.address)  # every refusal before a server starts or a file is written
+    # every refusal before a server starts or a file is written
+    checked = preflight(cfg, args.resume, args.address, if_exists=args.resume_if_exists)
     uri = _given_server_or_start_embedded(checked.tracking_uri, args.server_port)
     outcome = run_search(checked, uri, address=args.address, verbose=args.verbose)
     print(f"MLflow UI: {outcome.ui}")

@@ -206,6 +206,28 @@ class SearchConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _study_storage_without_a_password(self) -> SearchConfig:
+        if self.study_storage is None:
+            return self
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.study_storage)
+        except ArgumentError:
+            raise _FieldError(
+                "study_storage",
+                f"must be a database URL such as postgresql+psycopg://user@host/db, got {self.study_storage!r}",
+            ) from None
+        if url.password:
+            raise _FieldError(
+                "study_storage",
+                "holds a password, which would be logged with the search: leave it out of the URL and give it "
+                "as PGPASSWORD or in ~/.pgpass",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _concurrency_by_resources(self) -> SearchConfig:
         if self.scheduler == "promotion" and self.budget.max_concurrent is not None:
             raise _FieldError(

@@ -47,11 +47,11 @@ def start_parent(
 def description(cfg: SearchConfig, best: dict[str, Any] | None = None, trials: int | None = None) -> str:
     """What a reader of the parent run needs first: what this search is, its best run, how to read the rest."""
     space = ", ".join(f"{k} {v}" for k, v in cfg.model_dump()["space"].items() if v)
-    stopper = (
-        "FIFO: every trial to max_epochs"
-        if cfg.scheduler == "fifo"
-        else f"ASHA (grace {cfg.asha.grace_period}, reduction factor {cfg.asha.reduction_factor})"
-    )
+    halving = f"grace {cfg.asha.grace_period}, reduction factor {cfg.asha.reduction_factor}"
+    stopper = {
+        "fifo": "FIFO: every trial to max_epochs",
+        "promotion": f"successive halving by promotion ({halving}; a trial waiting at a rung is tagged paused_at)",
+    }.get(cfg.scheduler, f"ASHA ({halving})")
     lines = [
         f"**vaesearch search `{cfg.name}`**: {cfg.budget.num_samples} trials of the LSTM-encoder VAE on MNIST, "
         f"sampled by Optuna ({cfg.sampler.kind}, seed {cfg.sampler.seed}) over {space}; {stopper}; "
@@ -59,7 +59,7 @@ def description(cfg: SearchConfig, best: dict[str, Any] | None = None, trials: i
         "",
         f"Each child run is one trial. `{RANKED_BY}` is its lowest validation loss (negative ELBO, nats per "
         f"image, lower is better); the tag `{END_STATE}` says how it ended (completed, early_stopped, pruned by "
-        f"ASHA, failed, killed). A run tagged `{DUPLICATE_OF}` trained nothing: it replayed the run it names, "
+        f"the scheduler, failed, killed). A run tagged `{DUPLICATE_OF}` trained nothing: it replayed the run it names, "
         "which holds the metrics. The params `config` and `search_space` are the whole search as started.",
     ]
     if best is not None:  # first: the page shows the description's opening lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 
 from search.recorder import Recorder
@@ -42,11 +43,16 @@ def mend_from_record(recorder: Recorder, tracker: Tracker, study: Any, known: se
 
 def tell_ends(recorder: Recorder, study: Any) -> None:
     """Tell Optuna each end (and pause) the record has and Optuna lacks; a trial the record lacks failed."""
-    by_number = {t["optuna"]: t for t in recorder.state.trials.values() if "optuna" in t}
+    by_number = {t["optuna"]: (tid, t) for tid, t in recorder.state.trials.items() if "optuna" in t}
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial = by_number.get(frozen.number, {"end_state": EndState.FAILED})
-        if trial.get("paused") and not trial.get("end_state"):  # paused at a rung: pruned there for Optuna
-            study.tell(frozen.number, state=TrialState.PRUNED, skip_if_finished=True)
+        trial_id, trial = by_number.get(frozen.number, ("", {"end_state": EndState.FAILED}))
+        if trial.get("paused"):  # paused at a rung: pruned there for Optuna, with the rung's value
+            rung = trial["paused"]
+            value = recorder.state.scheduler.get("rungs", {}).get(str(rung), {}).get(trial_id)
+            if value is not None and rung not in frozen.intermediate_values:
+                optuna.Trial(study, frozen._trial_id).report(value, rung)  # Optuna's handle from its storage id
+            if not trial.get("end_state"):
+                study.tell(frozen.number, state=TrialState.PRUNED, skip_if_finished=True)
         if not trial.get("end_state"):
             continue
         state, value = OPTUNA_STATE[trial["end_state"]], trial.get("loss")
@@ -57,7 +63,7 @@ def tell_ends(recorder: Recorder, study: Any) -> None:
             study.tell(frozen.number, state=state, skip_if_finished=True)
     for trial_id, trial in recorder.state.trials.items():
         if trial.get("promoted") and trial.get("end_state"):
-            tell_promoted_end(study, trial_id, trial)
+            tell_promoted_end(study, trial_id, trial, trial["end_state"])
 
 
 def end_unfinished(recorder: Recorder, tracker: Tracker, study: Any, experiment_id: str, parent: str) -> None:

@@ -12,6 +12,7 @@ into Ray's state.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,11 +45,14 @@ class Fifo(FIFOScheduler):
         """A search that must end starts nothing more, and ends the trials still waiting to start."""
         if self.recorder.state.ending is None:
             return super().choose_trial_to_run(tune_controller)
-        stop = self.recorder.stop_reason("", None)  # None while interrupted: those resume
         # a copy: stop_trial (which Ray lets schedulers call) discards from the set get_live_trials returns
-        for trial in list(tune_controller.get_live_trials()) if stop else []:
-            if trial.status in (Trial.PENDING, Trial.PAUSED):
-                self.recorder.stopped(trial.trial_id, *stop)  # type: ignore[misc]
+        for trial in list(tune_controller.get_live_trials()):
+            if trial.status not in (Trial.PENDING, Trial.PAUSED):
+                continue
+            epoch = self.recorder.state.trials.get(trial.trial_id, {}).get("epoch")  # a paused trial has one
+            stop = self.recorder.stop_reason(trial.trial_id, epoch)  # None while interrupted: those resume
+            if stop:
+                self.recorder.stopped(trial.trial_id, *stop)
                 tune_controller.stop_trial(trial)
         return None
 
@@ -120,9 +124,10 @@ class Promotion(Asha):
     """Successive halving by promotion (the ASHA paper's algorithm; Syne Tune's `type="promotion"`).
 
     A trial that reaches a rung is recorded there and paused (Ray keeps its last
-    checkpoint). When a worker frees, the top rung first, a paused trial among the
-    best floor(n / reduction_factor) of its rung's n recorded values is promoted:
-    resumed from its checkpoint to the next rung. A rung thus promotes nothing
+    checkpoint). A paused trial among the best floor(n / reduction_factor) of its
+    rung's n recorded values is promoted, the top rung first, as soon as Ray asks
+    for a trial to run; Ray resumes it from its checkpoint once resources allow,
+    and it trains to the next rung. Promotion is final, as in the paper. A rung thus promotes nothing
     before it holds reduction_factor results, the fewest that rank one trial
     above others: Ray's ASHA, with no cutoff while a rung is empty, lets the first
     arrival run on whatever it is worth. Otherwise a new trial starts; once none
@@ -169,19 +174,19 @@ class Promotion(Asha):
         """A promotion first, from the top rung down; else a new trial; else, with nothing left, the end."""
         if self.recorder.state.ending is not None:
             return super().choose_trial_to_run(tune_controller)
-        trials = {t.trial_id: t for t in tune_controller.get_live_trials()}
+        live = [t for t in tune_controller.get_trials() if t in tune_controller.get_live_trials()]  # in order
+        trials = {t.trial_id: t for t in live}
         for milestone in reversed(self.milestones):
             for trial_id in self.promotable(milestone):
                 if trial_id in trials and trials[trial_id].status in (Trial.PAUSED, Trial.PENDING):
                     self.promote(trial_id, milestone)
                     return trials[trial_id]
-        waiting = [t for t in trials.values() if t.status == Trial.PENDING and self._paused_at(t.trial_id) is None]
+        waiting = [t for t in live if t.status == Trial.PENDING and self._paused_at(t.trial_id) is None]
         if waiting:
             return waiting[0]
-        if len(self.recorder.state.trials) >= self.num_samples and all(
-            t.status == Trial.PAUSED for t in trials.values()
-        ):
-            for trial in list(trials.values()):  # nothing runs or waits, and no trial is left to propose
+        busy = any(t.status in (Trial.RUNNING, Trial.PENDING) for t in live)  # a failed one may stay live: not busy
+        if len(self.recorder.state.trials) >= self.num_samples and not busy:
+            for trial in [t for t in live if t.status == Trial.PAUSED]:  # nothing runs, nothing is left to propose
                 rung = self._paused_at(trial.trial_id)
                 reason = f"paused at epoch {rung} and not promoted: not in the best 1/{self.rf:g} of its rung"
                 self.recorder.stopped(trial.trial_id, EndState.PRUNED, reason)
@@ -191,7 +196,8 @@ class Promotion(Asha):
     def promotable(self, milestone: int) -> list[str]:
         """The rung's paused trials among its best floor(n / reduction_factor), best first."""
         rung = self.rungs[str(milestone)]
-        best = sorted(rung, key=lambda tid: rung[tid])[: int(len(rung) // self.rf)]
+        ranked = sorted(rung, key=lambda tid: rung[tid] if not math.isnan(rung[tid]) else math.inf)  # NaN: last
+        best = ranked[: int(len(rung) // self.rf)]
         return [tid for tid in best if tid not in self.promoted[str(milestone)] and self._paused_at(tid) == milestone]
 
     def promote(self, trial_id: str, milestone: int) -> None:

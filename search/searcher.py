@@ -85,8 +85,8 @@ class StudySearcher(Searcher):
         state = EndState.FAILED if error else self.recorder.ended(trial_id, result)[0]
         if trial is None:  # told PRUNED when paused (or told in an earlier session)
             recorded = self.recorder.state.trials.get(trial_id, {})
-            if recorded.get("promoted") and not error:
-                tell_promoted_end(self.study, trial_id, recorded)
+            if recorded.get("promoted"):
+                tell_promoted_end(self.study, trial_id, recorded, state)
             return
         told, value = OPTUNA_STATE[state], (result or {}).get(RANKED_BY)
         if told == TrialState.COMPLETE and not (isinstance(value, float) and math.isfinite(value)):
@@ -112,13 +112,13 @@ class StudySearcher(Searcher):
         """A resumed searcher is built from the study and the record, before Ray calls this."""
 
 
-def tell_promoted_end(study: optuna.Study, trial_id: str, recorded: dict[str, Any]) -> None:
+def tell_promoted_end(study: optuna.Study, trial_id: str, recorded: dict[str, Any], end_state: str) -> None:
     """A promoted trial's end as a finished Optuna trial beside the PRUNED one of its first pause, once."""
     trials = study.get_trials(deepcopy=False)
     first = trials[recorded["optuna"]]
     if any(t.user_attrs.get("promoted_from") == first.number for t in trials):
         return  # added before the driver was lost
-    state, loss = OPTUNA_STATE[recorded["end_state"]], recorded.get("loss")
+    state, loss = OPTUNA_STATE[end_state], recorded.get("loss")
     value = float(loss) if isinstance(loss, float) and math.isfinite(loss) else None
     if state == TrialState.COMPLETE and value is None:
         state = TrialState.FAIL

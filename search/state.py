@@ -102,8 +102,15 @@ class Place:
             atomic_write(self.path, data)
             return
         filesystem, path = self._fs()
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(data)
+        for wait in (1, 2, 4, 8, None):  # a store's passing refusal (S3's 503 SlowDown, a dropped link) is retried
+            try:
+                with filesystem.open_output_stream(path) as stream:
+                    stream.write(data)
+                return
+            except OSError:
+                if wait is None:
+                    raise
+                time.sleep(wait)
 
     def children(self) -> list[Place]:
         """What the folder holds, by name ([] for a folder that does not exist)."""

@@ -113,15 +113,21 @@ class Checked:
     tracking_uri: str | None  # the tracking server to use; None: the embedded one
 
 
-def preflight(cfg: SearchConfig, resume: bool, address: str | None, log: Callable[[str], None] = print) -> Checked:
-    """Every check that can refuse a search, before any server starts or any file is written."""
+def preflight(
+    cfg: SearchConfig, resume: bool, address: str | None, log: Callable[[str], None] = print, if_exists: bool = False
+) -> Checked:
+    """Every check that can refuse a search, before any server starts or any file is written.
+
+    `if_exists`: resume the search if its record exists, else start it (`--resume-if-exists`)."""
     folder = checked_root(cfg.storage_path) / cfg.name
-    stored = _state(cfg, folder, resume, log)
-    if stored is None and folder.is_remote and not cfg.study_storage:  # a resume takes its record's
+    stored = _state(cfg, folder, resume or (if_exists and SearchState.exists(folder)), log)
+    if stored is None:
+        _study_storage_for_a_new_search(cfg, folder)
+    elif cfg.study_storage and cfg.study_storage != stored.config.get("study_storage"):
         raise SearchError(
             "study_storage",
-            f"needed with an object-store storage_path ({folder.parent}): the Optuna study must be in a "
-            "database every driver reaches, e.g. postgresql+psycopg://user@host/db",
+            f"the search {stored.name} keeps its study in {stored.config.get('study_storage') or 'its folder'}; "
+            "resume it there (leave out `study_storage`)",
         )
     uri = cfg.tracking.tracking_uri if stored is None else _resumed_uri(cfg.tracking.tracking_uri, stored)
     if stored is not None:
@@ -134,6 +140,33 @@ def preflight(cfg: SearchConfig, resume: bool, address: str | None, log: Callabl
     if blocking:
         raise SearchError("data.data_dir", f"{blocking} is a file; give a folder")
     return Checked(cfg, folder, stored, uri)
+
+
+def _study_storage_for_a_new_search(cfg: SearchConfig, folder: Place) -> None:
+    """An object store needs a study database; in a shared one, the search's name must be free (a study of
+    that name with nothing but waiting trials is what a start that died before its record left)."""
+    if folder.is_remote and not cfg.study_storage:  # a resume takes its record's
+        raise SearchError(
+            "study_storage",
+            f"needed with an object-store storage_path ({folder.parent}): the Optuna study must be in a "
+            "database every driver reaches, e.g. postgresql+psycopg://user@host/db",
+        )
+    if not cfg.study_storage:
+        return  # a SQLite file in the new search's own folder
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        if cfg.name not in optuna.get_all_study_names(cfg.study_storage):
+            return
+        study = optuna.load_study(study_name=cfg.name, storage=cfg.study_storage)
+    except Exception as e:  # SQLAlchemy's errors: a database that does not answer, a driver not installed
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SearchError("study_storage", f"cannot use {cfg.study_storage}: {line}") from None
+    if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        raise SearchError(
+            "name", f"a study named {cfg.name} already exists in {cfg.study_storage}; choose another `name`"
+        )  # one with nothing but waiting trials is replaced by `_study`
 
 
 def _resumed_uri(given: str | None, stored: SearchState) -> str | None:
@@ -197,6 +230,7 @@ def run_search(
         tags = {"storage_path": str(folder.parent), **cluster}
         experiment_id, parent = start_parent(tracker, cfg, space, study_url(cfg.model_dump(), folder), md5s, tags)
         state = SearchState(cfg.name, cfg.model_dump(), tracking_uri, experiment_id, parent, version=VERSION)
+        _study(cfg, folder, resume=False)  # before the record: a record always has its study
         state.save(folder)
     log(f"search {cfg.name}: experiment {state.experiment_id}, parent run {state.parent_run_id}")
     log(f"MLflow UI: {runs_page(tracking_uri, state.experiment_id)}")
@@ -223,9 +257,13 @@ def _study(cfg: SearchConfig, folder: Place, resume: bool) -> Any:
     points, waiting in order."""
     import optuna
 
+    if not folder.is_remote:
+        folder.path.mkdir(parents=True, exist_ok=True)  # a new search's SQLite file comes before its record
     storage = optuna.storages.RDBStorage(study_url(cfg.model_dump(), folder))
     if resume:
         return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler(cfg))
+    if cfg.name in optuna.get_all_study_names(storage):  # left by a start that died before its record
+        optuna.delete_study(study_name=cfg.name, storage=storage)  # (preflight refused one that had trials)
     study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler(cfg), direction="minimize")
     for point in cfg.points:
         study.enqueue_trial(dict(point))
@@ -274,7 +312,7 @@ def _tune(
         tune.with_parameters(train_trial, settings=settings), {"cpu": settings.cpus, "gpu": settings.gpus}
     )
     folder = recorder.folder
-    study = _study(cfg, folder, resume)
+    study = _study(cfg, folder, resume=True)  # made at the search's start, before its record
     resumable = resume and _ray_saved(folder)
     if resume:
         known = {t.trial_id for t in tune.ExperimentAnalysis(str(folder)).trials} if resumable else set()

@@ -29,7 +29,9 @@ POINT = {"hidden": 8, "decoder": 1, "latent": 2}
         ({"resources": {"gpus": -1}}, "resources.gpus"),
         ({"asha": {"grace": 1}}, "asha.grace"),
         ({"scheduler": "hyperband"}, "scheduler"),
-        ({"scheduler": "promotion"}, "budget.max_concurrent"),  # the tiny config sets it: paused trials would hold it
+        ({"scheduler": "promotion"}, "budget.max_concurrent"),
+        ({"study_storage": "postgresql+psycopg://me:secret@db/optuna"}, "--study-storage"),  # logged: no password
+        ({"study_storage": "not a url"}, "--study-storage"),  # the tiny config sets it: paused trials would hold it
         ({"sampler": {"kind": "grid"}}, "sampler.kind"),
         ({"budget": {"max_total_epochs": 0}}, "budget.max_total_epochs"),
         ({"points": [{"hidden": 8, "decoder": 1}]}, "points.0"),
