@@ -35,8 +35,12 @@ DEFAULTS = {
 }
 
 # What a trial reads of the driver's environment, which a worker node's own would not have.
+# An object-store storage_path (s3://) is written from every node (trials upload their checkpoints): its
+# endpoint and credentials, as pyarrow and the AWS libraries read them, go along too.
+OBJECT_STORE = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")  # fmt: skip
 FOR_TRIALS = (*CREDENTIALS, PATIENCE, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-              "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")  # fmt: skip
+              "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", *OBJECT_STORE)  # fmt: skip
 
 
 def usage_data_off() -> dict[str, str]:
