@@ -263,7 +263,8 @@ def review_section(search: Search, out: Path) -> list[str]:
         lines += ["![best so far](best_so_far.png)", ""]
     rungs = review.asha_rungs(search)
     if rungs:
-        lines += ["| ASHA rung (epoch) | trials that reached it | went on past it |", "|---|---|---|"]
+        name = review.HALVING[search.config.get("scheduler", "asha")]
+        lines += [f"| {name} rung (epoch) | trials that reached it | went on past it |", "|---|---|---|"]
         lines += [f"| {r} | {reached} | {kept} |" for r, reached, kept in rungs] + [""]
     return lines
 
@@ -319,14 +320,16 @@ def _best_section(client: MlflowClient | None, best: Trial | None, comparable: b
 
 def _savings_section(search: Search) -> list[str]:
     trained, replayed, fifo = asha_savings(search)
-    if not fifo or search.config.get("scheduler", "asha") != "asha":  # a FIFO search has no ASHA to credit
+    scheduler = search.config.get("scheduler", "asha")
+    if not fifo or scheduler not in review.HALVING:  # a FIFO search has no scheduler to credit
         return []
+    name = review.HALVING[scheduler]
     return [
-        "## What ASHA saved",
+        f"## What {name} saved",
         "",
         f"Trials trained {trained} epochs (and replayed {replayed} for duplicate configs) where training every "
         f"trial to max_epochs would take {fifo}: {100 * (1 - trained / fifo):.0f}% of the epochs saved "
-        "(ASHA's stops, early stopping and duplicate replays together).",
+        f"({name}'s stops, early stopping and duplicate replays together).",
         "",
     ]
 

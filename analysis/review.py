@@ -165,10 +165,14 @@ def plot_best_so_far(curve: list[tuple[int, float]], path: Path) -> Path | None:
     return path
 
 
+HALVING = {"asha": "ASHA", "promotion": "promotion"}  # the schedulers with rungs, as a report names them
+
+
 def asha_rungs(search: Search) -> list[tuple[int, int, int]]:
-    """(rung epoch, trials that reached it, trials that went on past it), for an ASHA search; [] otherwise."""
+    """(rung epoch, trials that reached it, trials that went on past it), for an ASHA or promotion search;
+    [] otherwise."""
     config: dict[str, Any] = search.config
-    if config.get("scheduler", "asha") != "asha" or "asha" not in config:
+    if config.get("scheduler", "asha") not in HALVING or "asha" not in config:
         return []
     asha = config["asha"]
     rungs = rung_epochs(config["budget"]["max_epochs"], asha["grace_period"], asha["reduction_factor"])
