@@ -212,6 +212,10 @@ def test_interrupt_on_an_object_store_then_resume_from_another_machine_as_a_sear
     for run_id, epochs in before.items():  # finished before the interrupt: not trained again
         assert len(client.get_metric_history(run_id, "val_loss")) == epochs
     assert json.loads(read_object(s3, "searches/resume/vaesearch.json"))["ending"] == "finished"
+    listed = run_cli("searches", "--storage-path", storage, env=second)  # read back from the store
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+    assert row["name"] == "resume" and row["status"] == "finished" and row["trials"] == 6
 
     through = search(config, "through", mlflow_url, tmp_path / "ray", address=ray_head)
     assert through.returncode == 0, through.stderr[-3000:]
