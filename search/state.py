@@ -217,4 +217,5 @@ def study_of(storage_path: str | None, name: str) -> str:
     root = searches_root(storage_path)
     if not SearchState.exists(root / name):
         raise SearchError("name", f"no search named {name!r} under {root} (see vaesearch searches)")
-    return study_url(SearchState.load(root / name).config, root / name)
+    config = json.loads((root / name / STATE_FILE).read_bytes()).get("config") or {}  # its study is all it needs
+    return study_url(config, root / name)

@@ -217,6 +217,10 @@ def run_search(
 ) -> Outcome:
     """Start (or resume) the search `preflight` checked and wait for it; Ctrl-C saves state and returns."""
     cfg, folder, stored = checked.cfg, checked.folder, checked.stored
+    import optuna
+
+    if not verbose:  # Optuna's own lines ("A new study created ...") are for --verbose
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(tracking_uri)
     cluster = ray_init(address, log, verbose)  # before anything is written: an unreachable cluster leaves no run
     data_dir = data_folder(cfg)
@@ -296,7 +300,6 @@ def _tune(
     verbose: bool = False,
 ) -> Outcome:
     """Build the searcher, scheduler and callbacks from the config and the record, run them, close the books."""
-    import optuna
     from ray import tune
 
     from search.callbacks import TrackingCallback
@@ -306,8 +309,6 @@ def _tune(
     from search.searcher import StudySearcher
     from search.trainable import train_trial
 
-    if not verbose:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings), {"cpu": settings.cpus, "gpu": settings.gpus}
     )

@@ -146,8 +146,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
     grpc = {name: free_port() for name in ports}
     weed = str(Path(sys.executable).with_name("weed"))
-    cmd = [weed, "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-volume.max=4",
+    cmd = [weed, "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-volume.max=32",
            f"-s3.config={folder / 's3.json'}", "-master.telemetry=false", "-s3.port.iceberg=0",
+           "-master.volumeSizeLimitMB=64",  # small volumes, plenty of them: each collection grows several
            *(f"-{n}.port={p}" for n, p in ports.items()),
            *(f"-{n}.port.grpc={p}" for n, p in grpc.items())]  # fmt: skip
     log = (folder / "weed.log").open("w")
