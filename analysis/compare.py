@@ -92,13 +92,16 @@ def compare(client: MlflowClient | None, experiments: list[str], seed: list[str]
         target = min(value for entries in SEED_REPORT.values() for _, value in entries) / PER_BATCH
         ax.axhline(target, color="grey", linestyle="--", label=f"the seed's best ({target:.2f})")
         summary["seed_best"] = target
-    ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)",
-           title="best so far against compute")  # fmt: skip
+    return _saved(fig, ax, "best so far against compute", out, summary)
+
+
+def _saved(fig: Figure, ax: Any, title: str, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """A best-so-far plot's axes and legend, written to `out` (PNG); the summary, with the plot's path."""
+    ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)", title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=90)
-    summary["plot"] = str(out)
-    return summary
+    return {**summary, "plot": str(out)}
 
 
 SEEDED = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")  # METHOD-sSEED: one search of a method, by its seed
@@ -152,10 +155,4 @@ def bands(client: MlflowClient | None, experiments: list[str], target: float | N
         ax.axhline(target, color="grey", linestyle="--", label=f"target ({target:g})")
     finite = [y for curves in by_method.values() for c in curves.values() for _, y in c if math.isfinite(y)]
     ax.set_ylim(min(finite) - 1, np.percentile(finite, 95))  # the first epochs' losses would flatten the rest
-    ax.set(xlabel="cumulative trial-epochs trained", ylabel="best validation loss so far (nats/img)",
-           title="best so far against compute: median and quartiles over seeds")  # fmt: skip
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    summary["plot"] = str(out)
-    return summary
+    return _saved(fig, ax, "best so far against compute: median and quartiles over seeds", out, summary)

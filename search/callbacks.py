@@ -8,6 +8,7 @@ rank the replay beside (or above) the run that trained.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ray import tune
@@ -54,21 +55,20 @@ class TrackingCallback(tune.Callback):
 
     def paused(self, trial_id: str, epoch: int, loss: float) -> None:
         """The run says where it waits (its end_state, which is final, is not set)."""
-
-        def write() -> None:
-            run_id = self._run_of(trial_id)
-            if run_id:
-                self.tracker.set_tags(run_id, {PAUSED_AT: epoch})
-
-        self.sender.submit(f"pause of {trial_id}", write)
+        self._on_run(f"pause of {trial_id}", trial_id, lambda run_id: self.tracker.set_tags(run_id, {PAUSED_AT: epoch}))
 
     def promoted(self, trial_id: str, epoch: int) -> None:
-        def write() -> None:
+        self._on_run(f"promotion of {trial_id}", trial_id, lambda run_id: self.tracker.delete_tag(run_id, PAUSED_AT))
+
+    def _on_run(self, what: str, trial_id: str, write: Callable[[str], None]) -> None:
+        """A write to the trial's run, found by its trial id, in the background."""
+
+        def send() -> None:
             run_id = self._run_of(trial_id)
             if run_id:
-                self.tracker.delete_tag(run_id, PAUSED_AT)
+                write(run_id)
 
-        self.sender.submit(f"promotion of {trial_id}", write)
+        self.sender.submit(what, send)
 
     def _end(self, trial: Any, state: str, reason: str, status: str) -> None:
         def write() -> None:

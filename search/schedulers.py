@@ -127,9 +127,9 @@ class Promotion(Asha):
     checkpoint). A paused trial among the best floor(n / reduction_factor) of its
     rung's n recorded values is promoted, the top rung first, as soon as Ray asks
     for a trial to run; Ray resumes it from its checkpoint once resources allow,
-    and it trains to the next rung. Promotion is final, as in the paper. A rung thus promotes nothing
-    before it holds reduction_factor results, the fewest that rank one trial
-    above others: Ray's ASHA, with no cutoff while a rung is empty, lets the first
+    and it trains to the next rung. Promotion is final, as in the paper. A rung
+    thus promotes nothing before it holds reduction_factor results, the fewest
+    that rank one trial above others: Ray's ASHA, with no cutoff while a rung is empty, lets the first
     arrival run on whatever it is worth. Otherwise a new trial starts; once none
     is left to start and nothing runs, the trials still paused end as pruned.
 
@@ -160,7 +160,7 @@ class Promotion(Asha):
         epoch, loss = int(result["epoch"]), float(result[RANKED_BY])
         if epoch >= self.max_epochs:
             return TrialScheduler.STOP
-        rung = next((m for m in reversed(self.milestones) if m <= epoch), None)
+        rung = self._rung(epoch)
         if rung is None or trial.trial_id in self.rungs[str(rung)]:
             return TrialScheduler.CONTINUE
         self.rungs[str(rung)][trial.trial_id] = loss
@@ -210,6 +210,10 @@ class Promotion(Asha):
         for listener in self.listeners:
             listener.promoted(trial_id, milestone)
 
+    def _rung(self, epoch: int) -> int | None:
+        """The highest rung at or below `epoch`; None before the first."""
+        return next((m for m in reversed(self.milestones) if m <= epoch), None)
+
     def _paused_at(self, trial_id: str) -> int | None:
         return self.recorder.state.trials.get(trial_id, {}).get("paused")
 
@@ -217,7 +221,7 @@ class Promotion(Asha):
         """A trial that ended by itself before a rung still counts there (it is not paused: it ended)."""
         if result and not result.get(DUPLICATE_OF) and "epoch" in result and RANKED_BY in result:
             epoch = int(result["epoch"])
-            rung = next((m for m in reversed(self.milestones) if m <= epoch), None)
+            rung = self._rung(epoch)
             if rung is not None and epoch < self.max_epochs:
                 self.rungs[str(rung)].setdefault(trial.trial_id, float(result[RANKED_BY]))
                 self.recorder.save()
