@@ -59,6 +59,16 @@ def test_system_metrics_cost_benchmark_smoke(mlflow_url: str) -> None:
     assert 0 < result["seconds_per_sample"] <= result["max"] and result["share"] > 0
 
 
+def test_layouts_benchmark_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/layouts.py", "--smoke"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["threads"] == 1 and [r["decoder"] for r in result["rows"]] == [1, 2, 3, 4, 5, 6]
+    assert all(r["nchw_images_per_s"] > 0 and r["channels_last_images_per_s"] > 0 for r in result["rows"])
+
+
 def test_gpu_check_runs_its_every_measurement_on_a_cpu_with_synthetic_images(tmp_path) -> None:
     """The GPU check's own paths on a CPU (--quick), without MNIST, as the borrowed GPU machine runs it."""
     out = tmp_path / "out"

@@ -8,16 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from vae.layers import ConvTranspose2dOn1x1
-from vae.model import DECODERS, decoder
+from vae.layers import ChannelsLastUnflatten, ConvTranspose2dOn1x1
+from vae.model import CHANNELS_LAST, DECODERS, decoder
 
 
 def _plain(module: nn.Module) -> nn.Module:
-    """A copy with every reformulated layer turned back into nn.ConvTranspose2d (same parameters)."""
+    """A copy with every reformulated layer turned back into its plain class (same parameters)."""
     twin = copy.deepcopy(module)
     for layer in twin.modules():
         if isinstance(layer, ConvTranspose2dOn1x1):
             layer.__class__ = nn.ConvTranspose2d
+        if isinstance(layer, ChannelsLastUnflatten):
+            layer.__class__ = nn.Unflatten
     return twin
 
 
@@ -55,3 +57,13 @@ def test_inputs_larger_than_1x1_take_the_general_kernel() -> None:
     layer = ConvTranspose2dOn1x1(4, 3, 3, 2, 1).double()
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(layer(x), nn.functional.conv_transpose2d(x, layer.weight, layer.bias, 2, 1))
+
+
+@pytest.mark.parametrize("decoder_id", sorted(DECODERS))
+def test_channels_last_decoders_differ_from_the_plain_only_in_memory_layout(decoder_id: int) -> None:
+    fast = decoder(decoder_id, latent=2)
+    assert fast.state_dict().keys() == _plain(fast).state_dict().keys()
+    assert isinstance(fast[2], ChannelsLastUnflatten) == (decoder_id in CHANNELS_LAST)
+    hidden = fast[:3](torch.randn(2, 2))  # what the first transposed convolution reads
+    layout = torch.channels_last if decoder_id in CHANNELS_LAST else torch.contiguous_format
+    assert hidden.is_contiguous(memory_format=layout)

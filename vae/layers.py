@@ -34,3 +34,17 @@ class ConvTranspose2dOn1x1(nn.ConvTranspose2d):
         bias = None if self.bias is None else self.bias.repeat_interleave(kh * kw)
         y = F.linear(x.flatten(1), weight.t(), bias)  # (B, C_out*kh*kw)
         return y.view(x.shape[0], self.out_channels, kh, kw)
+
+
+class ChannelsLastUnflatten(nn.Unflatten):
+    """nn.Unflatten whose (B, C, H, W) output is laid out channels-last (NHWC) in memory.
+
+    The transposed convolutions after it then take oneDNN's NHWC kernels, which on
+    a CPU are faster for some decoders' shapes and slower for others
+    (`vae.model.CHANNELS_LAST` lists where it pays; docs/benchmarks.md has the figures).
+    Values are unchanged: only strides differ. No parameters, so a decoder's
+    `state_dict` keys and checkpoints are those of nn.Unflatten's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vae.layers import ConvTranspose2dOn1x1
+from vae.layers import ChannelsLastUnflatten, ConvTranspose2dOn1x1
 
 # id -> (linear width, reshape to (C, H, W), transposed convs (in, out, kernel, stride, padding))
 DECODERS: dict[int, tuple[int, tuple[int, int, int], list[tuple[int, int, int, int, int]]]] = {
@@ -22,12 +22,22 @@ DECODERS: dict[int, tuple[int, tuple[int, int, int], list[tuple[int, int, int, i
     5: (6272, (128, 7, 7), [(128, 56, 3, 1, 1), (56, 28, 3, 2, 1), (28, 14, 4, 2, 1), (14, 1, 3, 1, 0)]),
     6: (3136, (64, 7, 7), [(64, 56, 4, 2, 1), (56, 28, 4, 1, 1), (28, 14, 4, 2, 2), (14, 1, 3, 1, 1)]),
 }
+# Decoders whose transposed convolutions run faster on CPU in channels-last memory (measured per decoder;
+# docs/benchmarks.md). Measured on CPUs only: on CUDA it is one more copy per batch, not measured.
+CHANNELS_LAST: frozenset[int] = frozenset({2})
 
 
-def decoder(decoder_id: int, latent: int) -> nn.Sequential:
-    """Build decoder `decoder_id`: z (B, Z) -> logits (B, 1, 28, 28); ReLU after all but the last layer."""
+def decoder(decoder_id: int, latent: int, channels_last: bool | None = None) -> nn.Sequential:
+    """Build decoder `decoder_id`: z (B, Z) -> logits (B, 1, 28, 28); ReLU after all but the last layer.
+
+    `channels_last` None: as `CHANNELS_LAST` says for this decoder. Decoders 3 and 4 unflatten to 1x1, where
+    both layouts are one: for them it changes nothing (their rows in benchmarks/layouts.py measure its noise).
+    """
     width, shape, convs = DECODERS[decoder_id]
-    layers: list[nn.Module] = [nn.Linear(latent, width), nn.ReLU(), nn.Unflatten(1, shape)]
+    if channels_last is None:
+        channels_last = decoder_id in CHANNELS_LAST
+    unflatten = ChannelsLastUnflatten if channels_last else nn.Unflatten
+    layers: list[nn.Module] = [nn.Linear(latent, width), nn.ReLU(), unflatten(1, shape)]
     for i, (c_in, c_out, k, s, p) in enumerate(convs):
         on_1x1 = i == 0 and shape[1:] == (1, 1)  # decoders 3 and 4: the same layer, as one matrix product
         layers.append((ConvTranspose2dOn1x1 if on_1x1 else nn.ConvTranspose2d)(c_in, c_out, k, s, p))
@@ -55,13 +65,13 @@ class Encoder(nn.Module):
 class VAE(nn.Module):
     """encode, reparameterize, decode, as in Kingma and Welling (2014)."""
 
-    def __init__(self, decoder_id: int, hidden: int, latent: int) -> None:
+    def __init__(self, decoder_id: int, hidden: int, latent: int, channels_last: bool | None = None) -> None:
         super().__init__()
         if decoder_id not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {decoder_id}")
         self.latent = latent
         self.encoder = Encoder(hidden, latent)
-        self.decoder = decoder(decoder_id, latent)
+        self.decoder = decoder(decoder_id, latent, channels_last)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
