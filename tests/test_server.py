@@ -1,4 +1,4 @@
-"""`vaesearch server`: start, status, stop, the loopback rule, and PostgreSQL as the store."""
+"""`vaesearch server`: start, status, stop, the loopback rule, basic-auth, and PostgreSQL as the store."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.helpers import assert_one_line_error, cli, run_cli, search, write_config
+from tests.helpers import assert_one_line_error, cli, run_cli, search_args, write_config
 
 
 @pytest.mark.slow
@@ -95,36 +95,22 @@ def test_a_non_loopback_bind_is_refused_without_auth_or_insecure(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_basic_auth_server_needs_credentials(tmp_path: Path) -> None:
-    port = server.free_port()
-    folder = tmp_path / "srv"
-    password = uuid.uuid4().hex
+def test_eight_trials_at_once_on_an_auth_server_on_postgresql(pg_database: str, ray_head: str, tmp_path: Path) -> None:
+    """One server for three checks (each costs a server start and a search): basic-auth refuses a client
+    without credentials, trials get them by environment and log none of them, and eight trials at once land
+    every metric point once in PostgreSQL."""
+    folder, password = tmp_path / "srv", uuid.uuid4().hex
     os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
     try:
-        info = server.start(folder, host="127.0.0.1", port=port, auth=True)
+        info = server.start(folder, backend_store_uri=pg_database, port=server.free_port(), auth=True)
     finally:
         del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
     try:
         assert (folder / "basic_auth.db").exists()  # at an absolute path in the data folder
         assert password not in (folder / "basic_auth.ini").read_text()
         with pytest.raises(Exception, match="401|Unauthorized|credentials"):
             MlflowClient(info.url).search_experiments()
-        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password)
-        try:
-            assert MlflowClient(info.url).search_experiments() is not None
-        finally:
-            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
-    finally:
-        server.stop(folder)
-
-
-@pytest.mark.slow
-def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
-    pg_database: str, ray_head: str, tmp_path: Path
-) -> None:
-    folder = tmp_path / "srv"
-    info = server.start(folder, backend_store_uri=pg_database, port=server.free_port())
-    try:
         config = write_config(
             tmp_path / "eight.yaml",
             space={"hidden": [8, 16, 24, 32], "decoder": [1], "latent": [2, 3]},
@@ -134,13 +120,22 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
             data={"subset": 256, "val_subset": 128},
             points=[{"hidden": h, "decoder": 1, "latent": z} for h in (8, 16, 24, 32) for z in (2, 3)],  # no replay
         )
-        proc = search(config, "eight", info.url, tmp_path / "ray", address=ray_head)
+        proc = run_cli(*search_args(config, "eight", info.url, tmp_path / "ray", address=ray_head), env=creds)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        client = MlflowClient(info.url)
-        runs = client.search_runs([client.get_experiment_by_name("eight").experiment_id])
+        os.environ.update(creds)
+        try:
+            client = MlflowClient(info.url)
+            runs = client.search_runs([client.get_experiment_by_name("eight").experiment_id])
+            kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+            histories = [client.get_metric_history(r.info.run_id, "val_loss") for r in kids]
+        finally:
+            for key in creds:
+                del os.environ[key]
         assert len(runs) == 9  # the parent and eight trials, as the server reads them back
-        kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert all(len(client.get_metric_history(r.info.run_id, "val_loss")) == 2 for r in kids)
+        assert all(len(h) == 2 for h in histories)
+        assert all(r.data.tags["end_state"] == "completed" for r in kids)
+        for run in runs:  # the password is in no param and no tag
+            assert password not in repr(run.data.params) and password not in repr(run.data.tags)
     finally:
         server.stop(folder)
     import psycopg
@@ -161,32 +156,3 @@ def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
     assert {(run, key, step) for run, key, step, _ in points if not key.startswith("system/")} == {
         (r, k, s) for r in kids for k in METRICS for s in (1, 2)
     }
-
-
-@pytest.mark.slow
-def test_a_search_on_an_auth_server_hands_trials_credentials_by_environment(ray_head: str, tmp_path: Path) -> None:
-    folder, password = tmp_path / "srv", uuid.uuid4().hex
-    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
-    try:
-        info = server.start(folder, port=server.free_port(), auth=True)
-    finally:
-        del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
-    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-    try:
-        config = write_config(tmp_path / "auth.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2})
-        proc = run_cli("search", "--config", str(config), "--name", "auth", "--tracking-uri", info.url,
-                       "--storage-path", str(tmp_path / "ray"), "--address", ray_head, env=creds)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        os.environ.update(creds)
-        try:
-            client = MlflowClient(info.url)
-            runs = client.search_runs([client.get_experiment_by_name("auth").experiment_id])
-        finally:
-            for key in creds:
-                del os.environ[key]
-        kids = [r for r in runs if "ray_trial_id" in r.data.tags]
-        assert len(kids) == 2 and all(r.data.tags["end_state"] == "completed" for r in kids)
-        for run in runs:  # the password is in no param and no tag
-            assert password not in repr(run.data.params) and password not in repr(run.data.tags)
-    finally:
-        server.stop(folder)
