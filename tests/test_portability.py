@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_server import server
 from tests.helpers import REPO, assert_one_line_error, run_cli, search, write_config
 
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -71,18 +73,26 @@ def test_an_explicit_bf16_that_cannot_run_is_refused_before_a_search_starts(tmp_
 
 
 @pytest.mark.slow
-def test_a_search_under_auto_completes_there_in_fp32(tmp_path: Path, mlflow_url: str) -> None:
+def test_a_search_under_auto_completes_there_in_fp32_on_its_own_ray_beside_a_dead_ray_start(
+    tmp_path: Path, mlflow_url: str
+) -> None:
+    """Without an address a search starts its own Ray, as here. A `ray start` cluster that died without
+    `ray stop` leaves its address behind, which `ray.init()` would wait on: this search starts beside one."""
     config = write_config(tmp_path / "c.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2},
                           space={"hidden": [8, 16], "decoder": [1], "latent": [2]})  # fmt: skip
     env_before = dict(os.environ)
-    os.environ.update(AVX2)  # the search's subprocess, its Ray workers and their probes all see it
-    try:
-        proc = search(config, "avx2-auto", mlflow_url, tmp_path / "ray")
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
+    with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as ray_tmp:  # short: Ray's socket paths have a limit
+        (Path(ray_tmp) / "ray").mkdir()
+        (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{server.free_port()}")
+        os.environ.update(AVX2, RAY_TMPDIR=ray_tmp)  # the search's subprocess, its Ray workers and their probes
+        try:
+            proc = search(config, "avx2-auto", mlflow_url, tmp_path / "ray")
+        finally:
+            os.environ.clear()
+            os.environ.update(env_before)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "precision: auto takes fp32 here: bf16 autocast fails" in proc.stdout
+    assert "ray: 1 node(s)" in proc.stdout
     client = MlflowClient(mlflow_url)
     exp = client.get_experiment_by_name("avx2-auto")
     kids = [r for r in client.search_runs([exp.experiment_id]) if "ray_trial_id" in r.data.tags]

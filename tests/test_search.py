@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,6 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_server import server
 from tests.helpers import (
     BUCKET,
     REPO,
@@ -317,24 +315,6 @@ def test_fixed_points_run_first_in_order_and_a_diverging_or_raising_trial_fails_
     for run in (nan, failed):
         assert optuna_state[run.data.tags["ray_trial_id"]] == optuna.trial.TrialState.FAIL
     assert len(started(proc.stdout)) == 4 == len(set(started(proc.stdout)))  # no failure was retried
-
-
-def test_without_an_address_a_search_starts_its_own_ray_even_beside_a_dead_ray_start(
-    mlflow_url: str, tmp_path: Path
-) -> None:
-    """A `ray start` cluster that died without `ray stop` leaves its address behind; `ray.init()` would wait on it."""
-    config = write_config(
-        tmp_path / "c.yaml",
-        space={"hidden": [8], "decoder": [1], "latent": [2]},
-        budget={"num_samples": 1, "max_epochs": 1, "max_concurrent": 1},
-    )
-    with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as ray_tmp:  # short: Ray's socket paths have a limit
-        (Path(ray_tmp) / "ray").mkdir()
-        (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{server.free_port()}")
-        args = search_args(config, "own-ray", mlflow_url, tmp_path / "ray")
-        proc = run_cli(*args, env=search_env(None, {"RAY_TMPDIR": ray_tmp}), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ray: 1 node(s)" in proc.stdout
 
 
 def test_trials_cut_by_the_time_budget_end_killed_everywhere(mlflow_url: str, ray_head: str, tmp_path: Path) -> None:
