@@ -22,6 +22,7 @@ import torch
 
 from vae.loss import neg_elbo
 from vae.model import DECODERS, VAE
+from vae.records import DECODER, HIDDEN
 from vae.train import adam
 
 
@@ -56,8 +57,8 @@ def compare(decoder_id: int, hidden: int, rounds: int, seconds: float) -> dict:
             rates[name].append(rate(vae, optimizer, x, seconds))
     nchw, nhwc = (statistics.median(rates[name]) for name in variants)
     return {
-        "decoder": decoder_id,
-        "hidden": hidden,
+        DECODER: decoder_id,
+        HIDDEN: hidden,
         "nchw_images_per_s": round(nchw),
         "channels_last_images_per_s": round(nhwc),
         "speedup": round(nhwc / nchw, 3),

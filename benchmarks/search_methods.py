@@ -10,6 +10,12 @@ ends, and a line on the machine, precision and wall time goes to OUT/runs.csv.
 A search whose CSV exists is skipped; one with a record is resumed (`--resume`).
 
     python benchmarks/search_methods.py --home ~/vaesearch-methods [--out docs/search-methods] [--seeds 0 1 2 3 4]
+
+`--config FILE --as-configured NAME` runs FILE's own sampler and scheduler instead of the methods, as
+NAME-sSEED for each seed (only the name and `sampler.seed` set): the 300-epoch challenge's searches,
+
+    python benchmarks/search_methods.py --home ~/vaesearch-challenge --config configs/challenge-300.yaml \
+        --as-configured challenge-300 --out docs/reproduction --seeds 1 2
 """
 
 from __future__ import annotations
@@ -45,14 +51,17 @@ def cpu() -> tuple[str, str]:
     return (model.group(1).strip() if model else platform.processor()), isa
 
 
-def config_for(method: str, seed: int, folder: Path) -> Path:
-    kind, scheduler = METHODS[method]
-    config = yaml.safe_load(BASE.read_text())
+def config_for(base: Path, method: str, seed: int, folder: Path) -> Path:
+    """The search's config in `folder`: `base` with the name and seed set and, for one of METHODS, its method."""
+    config = yaml.safe_load(base.read_text())
     config["name"] = f"{method}-s{seed}"
-    config["sampler"].update(kind=kind, seed=seed)
-    config["scheduler"] = scheduler
-    if scheduler != "promotion":
-        config["budget"]["max_concurrent"] = CONCURRENCY
+    config["sampler"]["seed"] = seed
+    if method in METHODS:
+        kind, scheduler = METHODS[method]
+        config["sampler"]["kind"] = kind
+        config["scheduler"] = scheduler
+        if scheduler != "promotion":
+            config["budget"]["max_concurrent"] = CONCURRENCY
     path = folder / f"{config['name']}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -64,13 +73,19 @@ def vaesearch(home: Path, *args: str) -> int:
     return subprocess.call([str(Path(sys.executable).parent / "vaesearch"), *args], env=env, cwd=ROOT)
 
 
-def run(method: str, seed: int, home: Path, out: Path, port: int) -> bool:
+def precisions(trials_csv: Path) -> str:
+    """The precisions the search's trials trained in, as its CSV says (`auto` takes what the CPU runs)."""
+    with trials_csv.open(newline="") as f:
+        return "+".join(sorted({row["precision"] for row in csv.DictReader(f)}))
+
+
+def run(base: Path, method: str, seed: int, home: Path, out: Path, port: int) -> bool:
     name = f"{method}-s{seed}"
     target = out / f"{name}.csv"
     if target.exists():
         return True
     (home / "configs").mkdir(parents=True, exist_ok=True)
-    config = config_for(method, seed, home / "configs")
+    config = config_for(base, method, seed, home / "configs")
     resume = ["--resume"] if (home / "ray" / name / "vaesearch.json").exists() else []
     started = time.time()
     if vaesearch(home, "search", "--config", str(config), "--server-port", str(port), *resume) != 0:
@@ -88,7 +103,7 @@ def run(method: str, seed: int, home: Path, out: Path, port: int) -> bool:
         writer = csv.writer(f)
         if new:
             writer.writerow(["search", "cpu", "isa", "cores", "precision", "wall_s_this_session", "date"])
-        writer.writerow([name, model, isa, os.cpu_count(), "fp32", round(wall), time.strftime("%Y-%m-%d")])
+        writer.writerow([name, model, isa, os.cpu_count(), precisions(target), round(wall), time.strftime("%Y-%m-%d")])
     print(f"{name}: wrote {target}", flush=True)
     return True
 
@@ -99,12 +114,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "search-methods")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    parser.add_argument("--config", type=Path, default=BASE, help="the base config (configs/search-methods.yaml)")
+    parser.add_argument("--as-configured", metavar="NAME", help="run the config's own method as NAME-sSEED")
     parser.add_argument("--server-port", type=int, default=5057, help="the runs' embedded MLflow server")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    methods = [args.as_configured] if args.as_configured else args.methods
     for seed in args.seeds:
-        for method in args.methods:
-            if not run(method, seed, args.home.expanduser().resolve(), args.out.resolve(), args.server_port):
+        for method in methods:
+            home, out = args.home.expanduser().resolve(), args.out.resolve()
+            if not run(args.config.resolve(), method, seed, home, out, args.server_port):
                 sys.exit(1)
 
 
