@@ -113,11 +113,14 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True, help="VAESEARCH_HOME of the runs: server, Ray state")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "search-methods")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     parser.add_argument("--config", type=Path, default=BASE, help="the base config (configs/search-methods.yaml)")
-    parser.add_argument("--as-configured", metavar="NAME", help="run the config's own method as NAME-sSEED")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    which.add_argument("--as-configured", metavar="NAME", help="run the config's own method as NAME-sSEED")
     parser.add_argument("--server-port", type=int, default=5057, help="the runs' embedded MLflow server")
     args = parser.parse_args()
+    if args.as_configured in METHODS:
+        parser.error(f"--as-configured: {args.as_configured} is one of the methods; give the search another name")
     args.out.mkdir(parents=True, exist_ok=True)
     methods = [args.as_configured] if args.as_configured else args.methods
     for seed in args.seeds:

@@ -240,7 +240,7 @@ def test_a_worse_model_takes_the_alias_only_with_force_and_rollback_undoes_it(
         assert held.version == str(version) and held.tags["source_run_id"] == promoted["run_id"], name
 
     # a version of the main model alone (as an older vaesearch registered it): rolling back to it takes the
-    # companions' alias away rather than leave them on another run
+    # companions' alias away rather than leave them on another run. Decoder 2: a channels-last one, exported
     import mlflow
     import numpy as np
     from mlflow.exceptions import MlflowException
@@ -251,7 +251,7 @@ def test_a_worse_model_takes_the_alias_only_with_force_and_rollback_undoes_it(
     mlflow.set_tracking_uri(mlflow_url)
     with mlflow.start_run(experiment_id=client.create_experiment("older-vaesearch")):
         alone = mlflow.pytorch.log_model(
-            Generator(VAE(1, 8, 2)).eval(), name="generator", input_example=np.zeros((2, 2), np.float32),
+            Generator(VAE(2, 8, 2)).eval(), name="generator", input_example=np.zeros((2, 2), np.float32),
             registered_model_name="vae-mnist", serialization_format="pt2",
         ).registered_model_version  # fmt: skip
     for key, value in {"source_run_id": "an-older-run", "val_loss": "300.0", "test_loss": "301.0"}.items():

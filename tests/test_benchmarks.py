@@ -1,12 +1,15 @@
 """Every benchmark runs at its --smoke size, so that none can rot."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
+from search.config import load
 from tests.helpers import REPO
 
 
@@ -85,3 +88,28 @@ def test_gpu_check_runs_its_every_measurement_on_a_cpu_with_synthetic_images(tmp
     assert all(result["epochs"][f"d{d}-fp32"]["epoch_s"] > 0 for d in range(1, 7))
     assert set(result["processes"]) == {"1", "2"} and result["processes"]["2"]["vs_one"] > 0
     assert result["graphs"]["compiled_ms"] > 0 and result["graphs"]["eager_ms"] > 0
+
+
+def test_search_methods_sets_a_method_or_only_name_and_seed(tmp_path) -> None:
+    """The comparison's configs differ from the base only in name, seed and method; --as-configured keeps the method."""
+    spec = importlib.util.spec_from_file_location("search_methods", REPO / "benchmarks" / "search_methods.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    base, challenge = runner.BASE, REPO / "configs" / "challenge-300.yaml"
+    for source, method, changed in [
+        (
+            base,
+            "random-asha",
+            {"sampler": {"kind": "random"}, "scheduler": "asha", "budget": {"max_concurrent": runner.CONCURRENCY}},
+        ),
+        (base, "tpe-promotion", {"sampler": {"kind": "tpe"}, "scheduler": "promotion"}),
+        (challenge, "challenge-300", {}),
+    ]:
+        written = yaml.safe_load(runner.config_for(source, method, 3, tmp_path).read_text())
+        expected = yaml.safe_load(source.read_text())
+        expected.update(name=f"{method}-s3")
+        expected["sampler"]["seed"] = 3
+        for key, value in changed.items():
+            expected[key] = {**expected[key], **value} if isinstance(value, dict) else value
+        assert written == expected, method
+        load(tmp_path / f"{method}-s3.yaml")  # a valid search config

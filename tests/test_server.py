@@ -95,10 +95,33 @@ def test_a_non_loopback_bind_is_refused_without_auth_or_insecure(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_basic_auth_server_needs_credentials(tmp_path: Path) -> None:
+    port = server.free_port()
+    folder = tmp_path / "srv"
+    password = uuid.uuid4().hex
+    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
+    try:
+        info = server.start(folder, host="127.0.0.1", port=port, auth=True)
+    finally:
+        del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    try:
+        assert (folder / "basic_auth.db").exists()  # at an absolute path in the data folder
+        assert password not in (folder / "basic_auth.ini").read_text()
+        with pytest.raises(Exception, match="401|Unauthorized|credentials"):
+            MlflowClient(info.url).search_experiments()
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password)
+        try:
+            assert MlflowClient(info.url).search_experiments() is not None
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    finally:
+        server.stop(folder)
+
+
+@pytest.mark.slow
 def test_eight_trials_at_once_on_an_auth_server_on_postgresql(pg_database: str, ray_head: str, tmp_path: Path) -> None:
-    """One server for three checks (each costs a server start and a search): basic-auth refuses a client
-    without credentials, trials get them by environment and log none of them, and eight trials at once land
-    every metric point once in PostgreSQL."""
+    """One server and one search for what took two of each: trials of a basic-auth server get its credentials by
+    environment and log none of them, and eight trials at once land every metric point once in PostgreSQL."""
     folder, password = tmp_path / "srv", uuid.uuid4().hex
     os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
     try:
@@ -107,9 +130,7 @@ def test_eight_trials_at_once_on_an_auth_server_on_postgresql(pg_database: str, 
         del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
     creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
     try:
-        assert (folder / "basic_auth.db").exists()  # at an absolute path in the data folder
-        assert password not in (folder / "basic_auth.ini").read_text()
-        with pytest.raises(Exception, match="401|Unauthorized|credentials"):
+        with pytest.raises(Exception, match="401|Unauthorized|credentials"):  # auth is on
             MlflowClient(info.url).search_experiments()
         config = write_config(
             tmp_path / "eight.yaml",

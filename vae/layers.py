@@ -37,14 +37,18 @@ class ConvTranspose2dOn1x1(nn.ConvTranspose2d):
 
 
 class ChannelsLastUnflatten(nn.Unflatten):
-    """nn.Unflatten whose (B, C, H, W) output is laid out channels-last (NHWC) in memory.
+    """nn.Unflatten whose (B, C, H, W) output is laid out channels-last (NHWC) in memory, on a CPU in fp32.
 
     The transposed convolutions after it then take oneDNN's NHWC kernels, which on
     a CPU are faster for some decoders' shapes and slower for others
-    (`vae.model.CHANNELS_LAST` lists where it pays; docs/benchmarks.md has the figures).
-    Values are unchanged: only strides differ. No parameters, so a decoder's
-    `state_dict` keys and checkpoints are those of nn.Unflatten's.
+    (`vae.model.CHANNELS_LAST` lists where it paid). Only strides differ, so values
+    agree to rounding. Where it was not measured (CUDA, bf16 autocast) the layout is
+    left as nn.Unflatten gives it. No parameters: a decoder's `state_dict` keys and
+    checkpoints are nn.Unflatten's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).contiguous(memory_format=torch.channels_last)
+        x = super().forward(x)
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return x
+        return x.contiguous(memory_format=torch.channels_last)

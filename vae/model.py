@@ -22,8 +22,8 @@ DECODERS: dict[int, tuple[int, tuple[int, int, int], list[tuple[int, int, int, i
     5: (6272, (128, 7, 7), [(128, 56, 3, 1, 1), (56, 28, 3, 2, 1), (28, 14, 4, 2, 1), (14, 1, 3, 1, 0)]),
     6: (3136, (64, 7, 7), [(64, 56, 4, 2, 1), (56, 28, 4, 1, 1), (28, 14, 4, 2, 2), (14, 1, 3, 1, 1)]),
 }
-# Decoders whose transposed convolutions run faster on CPU in channels-last memory (measured per decoder;
-# docs/benchmarks.md). Measured on CPUs only: on CUDA it is one more copy per batch, not measured.
+# Decoders whose transposed convolutions ran faster on a CPU in fp32 with channels-last activations
+# (benchmarks/layouts.py; docs/benchmarks.md). On CUDA and under bf16 autocast the layout stays NCHW.
 CHANNELS_LAST: frozenset[int] = frozenset({2})
 
 
