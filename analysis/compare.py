@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import SEED_REPORT
 from analysis.review import best_so_far
-from analysis.runs import AnalysisError, Search, Trial, combine, source
+from analysis.runs import LOGGED_AT, AnalysisError, Search, Trial, combine, source
 from vae.loss import PER_BATCH
 
 Curve = list[tuple[int, float]]
@@ -121,17 +121,31 @@ def reached(curve: Curve, target: float) -> int | None:
     return next((x for x, y in curve if y <= target), None)
 
 
+def winner(search: Search) -> dict[str, Any] | None:
+    """The search's best trial: its values, the epochs it trained, and where it came in the order the trials first
+    reported (1: the first to report, the one ASHA lets run on at every empty rung), among how many trained."""
+    trained = sorted((t for t in search.trials if t.history and not t.duplicate_of),
+                     key=lambda t: t.history[0].get(LOGGED_AT, math.inf))  # fmt: skip
+    best = search.best()
+    if best is None or best not in trained:
+        return None
+    return {"params": best.params, "best_val_loss": best.best_val_loss, "epochs": best.epochs,
+            "first_report_rank": trained.index(best) + 1, "trials": len(trained)}  # fmt: skip
+
+
 def bands(client: MlflowClient | None, experiments: list[str], target: float | None, out: Path) -> dict[str, Any]:
     """Searches named METHOD-sSEED grouped by method: the median and quartiles over seeds of the best loss so far
     against cumulative trial-epochs, one band per method, drawn into `out`; per method, each seed's final best
-    and the trial-epochs it needed to reach `target`."""
+    and the trial-epochs it needed to reach `target`, and its winner (`winner`)."""
     by_method: dict[str, dict[int, Curve]] = {}
+    winners: dict[str, dict[int, dict[str, Any] | None]] = {}
     for name in experiments:
         search = source(client, name)
         match = SEEDED.match(search.name)
         if match is None:
             raise AnalysisError("experiment", f"{search.name}: --bands needs searches named METHOD-sSEED")
         by_method.setdefault(match["method"], {})[int(match["seed"])] = best_so_far(search)
+        winners.setdefault(match["method"], {})[int(match["seed"])] = winner(search)
     until = max(len(c) for curves in by_method.values() for c in curves.values())
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -150,6 +164,7 @@ def bands(client: MlflowClient | None, experiments: list[str], target: float | N
                                  "trial_epochs": {seed: len(c) for seed, c in sorted(curves.items())}}  # fmt: skip
         if target is not None:
             entry["epochs_to_target"] = {seed: reached(c, target) for seed, c in sorted(curves.items())}
+        entry["winner"] = dict(sorted(winners[method].items()))
         summary["methods"][method] = entry
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", label=f"target ({target:g})")

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from analysis.compare import seed_order, seed_sequence
+from analysis.compare import seed_order, seed_sequence, winner
 from analysis.report import write_trials_csv
 from analysis.review import best_so_far
 from analysis.runs import Search, Trial, combine, search_from_csv
@@ -128,6 +128,16 @@ def test_bands_group_searches_by_method_over_seeds_and_time_each_to_the_target(t
     assert a["final_best"] == {"0": 3.0, "1": 2.0} and a["epochs_to_target"] == {"0": 3, "1": 2}
     assert b["final_best"] == {"0": 4.5, "1": 4.0} and b["epochs_to_target"] == {"0": None, "1": None}
     assert b["final_best_quartiles"] == [4.125, 4.25, 4.375] and a["trial_epochs"] == {"0": 3, "1": 2}
+    assert a["winner"]["1"]["best_val_loss"] == 2.0 and a["winner"]["1"]["first_report_rank"] == 1
     assert (tmp_path / "bands.png").stat().st_size > 0
     misnamed = cli("compare", f"--experiment={files[0]}", "--target", "3", "--out", str(tmp_path / "x.png"))
     assert_one_line_error(misnamed, "target")
+
+
+def test_a_searchs_winner_says_where_it_came_in_the_order_of_first_reports() -> None:
+    """ASHA lets the first trial to report run on at every empty rung: the bands say whether that trial won."""
+    trials = [_trial(128, 1, 2, [4.0]), _trial(64, 6, 20, [5.0, 4.0, 3.0]), _trial(32, 1, 2, [6.0]),
+              _trial(64, 6, 20, [5.0, 4.0, 3.0], run="replay", duplicate_of="r64-6-20")]  # fmt: skip
+    won = winner(Search("1", "m-s0", None, trials))
+    assert won is not None and won["params"]["latent"] == "20" and won["best_val_loss"] == 3.0
+    assert (won["epochs"], won["first_report_rank"], won["trials"]) == (3, 2, 3)  # H=32 reported first; no replay
