@@ -6,7 +6,8 @@ differ only after it: a paired design, which compares methods within a seed and
 needs fewer seeds than independent draws to tell them apart. Searches run one at
 a time, seed by seed, so a stopped run leaves whole pairs; each search's
 `trials.csv` (from `vaesearch report`) is copied to OUT/METHOD-sSEED.csv as it
-ends, and a line on the machine, precision and wall time goes to OUT/runs.csv.
+ends, and a line on the machine, precision and wall time goes to OUT/runs.csv (OUT/NAME-runs.csv for
+`--as-configured NAME`, below).
 A search whose CSV exists is skipped; one with a record is resumed (`--resume`).
 
     python benchmarks/search_methods.py --home ~/vaesearch-methods [--out docs/search-methods] [--seeds 0 1 2 3 4]
@@ -79,7 +80,7 @@ def precisions(trials_csv: Path) -> str:
         return "+".join(sorted({row["precision"] for row in csv.DictReader(f)}))
 
 
-def run(base: Path, method: str, seed: int, home: Path, out: Path, port: int) -> bool:
+def run(base: Path, method: str, seed: int, home: Path, out: Path, port: int, log: Path) -> bool:
     name = f"{method}-s{seed}"
     target = out / f"{name}.csv"
     if target.exists():
@@ -97,7 +98,6 @@ def run(base: Path, method: str, seed: int, home: Path, out: Path, port: int) ->
         return False
     shutil.copy(report / "trials.csv", target)
     model, isa = cpu()
-    log = out / "runs.csv"
     new = not log.exists()
     with log.open("a", newline="") as f:
         writer = csv.writer(f)
@@ -126,7 +126,8 @@ def main() -> None:
     for seed in args.seeds:
         for method in methods:
             home, out = args.home.expanduser().resolve(), args.out.resolve()
-            if not run(args.config.resolve(), method, seed, home, out, args.server_port):
+            log = out / (f"{args.as_configured}-runs.csv" if args.as_configured else "runs.csv")
+            if not run(args.config.resolve(), method, seed, home, out, args.server_port, log):
                 sys.exit(1)
 
 
