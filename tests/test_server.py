@@ -1,4 +1,4 @@
-"""`vaesearch server`: start, status, stop, the loopback rule, basic-auth, and PostgreSQL as the store."""
+"""`vaesearch server`: start, status, stop, the loopback rule, and PostgreSQL as the store."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_server import server
-from tests.helpers import assert_one_line_error, cli, run_cli, search_args, write_config
+from tests.helpers import assert_one_line_error, cli, run_cli, search, write_config
 
 
 @pytest.mark.slow
@@ -119,19 +119,12 @@ def test_basic_auth_server_needs_credentials(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_eight_trials_at_once_on_an_auth_server_on_postgresql(pg_database: str, ray_head: str, tmp_path: Path) -> None:
-    """One server and one search for what took two of each: trials of a basic-auth server get its credentials by
-    environment and log none of them, and eight trials at once land every metric point once in PostgreSQL."""
-    folder, password = tmp_path / "srv", uuid.uuid4().hex
-    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
+def test_eight_concurrent_trials_land_every_metric_point_on_postgresql(
+    pg_database: str, ray_head: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "srv"
+    info = server.start(folder, backend_store_uri=pg_database, port=server.free_port())
     try:
-        info = server.start(folder, backend_store_uri=pg_database, port=server.free_port(), auth=True)
-    finally:
-        del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
-    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-    try:
-        with pytest.raises(Exception, match="401|Unauthorized|credentials"):  # auth is on
-            MlflowClient(info.url).search_experiments()
         config = write_config(
             tmp_path / "eight.yaml",
             space={"hidden": [8, 16, 24, 32], "decoder": [1], "latent": [2, 3]},
@@ -141,22 +134,13 @@ def test_eight_trials_at_once_on_an_auth_server_on_postgresql(pg_database: str, 
             data={"subset": 256, "val_subset": 128},
             points=[{"hidden": h, "decoder": 1, "latent": z} for h in (8, 16, 24, 32) for z in (2, 3)],  # no replay
         )
-        proc = run_cli(*search_args(config, "eight", info.url, tmp_path / "ray", address=ray_head), env=creds)
+        proc = search(config, "eight", info.url, tmp_path / "ray", address=ray_head)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        os.environ.update(creds)
-        try:
-            client = MlflowClient(info.url)
-            runs = client.search_runs([client.get_experiment_by_name("eight").experiment_id])
-            kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-            histories = [client.get_metric_history(r.info.run_id, "val_loss") for r in kids]
-        finally:
-            for key in creds:
-                del os.environ[key]
+        client = MlflowClient(info.url)
+        runs = client.search_runs([client.get_experiment_by_name("eight").experiment_id])
         assert len(runs) == 9  # the parent and eight trials, as the server reads them back
-        assert all(len(h) == 2 for h in histories)
-        assert all(r.data.tags["end_state"] == "completed" for r in kids)
-        for run in runs:  # the password is in no param and no tag
-            assert password not in repr(run.data.params) and password not in repr(run.data.tags)
+        kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert all(len(client.get_metric_history(r.info.run_id, "val_loss")) == 2 for r in kids)
     finally:
         server.stop(folder)
     import psycopg
@@ -177,3 +161,32 @@ def test_eight_trials_at_once_on_an_auth_server_on_postgresql(pg_database: str, 
     assert {(run, key, step) for run, key, step, _ in points if not key.startswith("system/")} == {
         (r, k, s) for r in kids for k in METRICS for s in (1, 2)
     }
+
+
+@pytest.mark.slow
+def test_a_search_on_an_auth_server_hands_trials_credentials_by_environment(ray_head: str, tmp_path: Path) -> None:
+    folder, password = tmp_path / "srv", uuid.uuid4().hex
+    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
+    try:
+        info = server.start(folder, port=server.free_port(), auth=True)
+    finally:
+        del os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    try:
+        config = write_config(tmp_path / "auth.yaml", budget={"num_samples": 2, "max_epochs": 1, "max_concurrent": 2})
+        proc = run_cli("search", "--config", str(config), "--name", "auth", "--tracking-uri", info.url,
+                       "--storage-path", str(tmp_path / "ray"), "--address", ray_head, env=creds)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        os.environ.update(creds)
+        try:
+            client = MlflowClient(info.url)
+            runs = client.search_runs([client.get_experiment_by_name("auth").experiment_id])
+        finally:
+            for key in creds:
+                del os.environ[key]
+        kids = [r for r in runs if "ray_trial_id" in r.data.tags]
+        assert len(kids) == 2 and all(r.data.tags["end_state"] == "completed" for r in kids)
+        for run in runs:  # the password is in no param and no tag
+            assert password not in repr(run.data.params) and password not in repr(run.data.tags)
+    finally:
+        server.stop(folder)
