@@ -24,11 +24,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from vae.loss import neg_elbo
 from vae.model import DECODERS, VAE
 from vae.precision import bf16_support
 from vae.records import DECODER, HIDDEN
-from vae.train import adam
+from vae.train import adam, train_step
 
 BATCH = 64
 
@@ -52,15 +51,6 @@ def lstm_flops_per_image(hidden: int) -> float:
     return 3 * forward
 
 
-def _step(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, gen: torch.Generator, bf16: bool) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits, mu, logvar = model(x, gen)
-    loss, _, _ = neg_elbo(logits.float(), x, mu.float(), logvar.float())
-    opt.zero_grad(set_to_none=True)
-    (loss / x.shape[0]).backward()
-    opt.step()
-
-
 def measure(decoder: int, hidden: int, latent: int, precision: str, seconds: float) -> dict:
     torch.manual_seed(0)
     model = VAE(decoder, hidden, latent)
@@ -69,16 +59,16 @@ def measure(decoder: int, hidden: int, latent: int, precision: str, seconds: flo
     gen = torch.Generator().manual_seed(1)
     bf16 = precision == "bf16"
     with FlopCounterMode(display=False) as counter:
-        _step(model, opt, x, gen, bf16=False)
+        train_step(model, opt, x, gen, bf16=False)
     flops = counter.get_total_flops() / BATCH + lstm_flops_per_image(hidden)
     with profile(activities=[ProfilerActivity.CPU]) as prof:  # leaf ATen ops: on a GPU, about one launch each
-        _step(model, opt, x, gen, bf16)
+        train_step(model, opt, x, gen, bf16)
     leaf_ops = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children)
     for _ in range(3):  # warm-up: oneDNN builds its primitives on first use
-        _step(model, opt, x, gen, bf16)
+        train_step(model, opt, x, gen, bf16)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        _step(model, opt, x, gen, bf16)
+        train_step(model, opt, x, gen, bf16)
         steps += 1
     rate = steps * BATCH / (time.perf_counter() - start)
     return {

@@ -22,10 +22,9 @@ import time
 
 import torch
 
-from vae.loss import neg_elbo
 from vae.model import DECODERS, VAE
 from vae.records import DECODER, HIDDEN
-from vae.train import adam
+from vae.train import adam, train_step
 
 
 def build(decoder_id: int, hidden: int, channels_last: bool) -> tuple[VAE, torch.optim.Optimizer]:
@@ -39,11 +38,7 @@ def rate(vae: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, seconds: f
     noise, steps = torch.Generator().manual_seed(1), 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        logits, mu, logvar = vae(x, noise)
-        loss, _, _ = neg_elbo(logits, x, mu, logvar)
-        optimizer.zero_grad(set_to_none=True)
-        (loss / x.shape[0]).backward()
-        optimizer.step()
+        train_step(vae, optimizer, x, noise)
         steps += 1
     return steps * x.shape[0] / (time.perf_counter() - start)
 
