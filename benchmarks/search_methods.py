@@ -7,7 +7,7 @@ needs fewer seeds than independent draws to tell them apart. Searches run one at
 a time, seed by seed, so a stopped run leaves whole pairs; each search's
 `trials.csv` (from `vaesearch report`) is copied to OUT/METHOD-sSEED.csv as it
 ends, and a line on the machine, precision and wall time goes to OUT/runs.csv (OUT/NAME-runs.csv for
-`--as-configured NAME`, below).
+`--as-configured NAME`, below), one per session for a search that was interrupted and resumed.
 A search whose CSV exists is skipped; one with a record is resumed (`--resume`).
 
     python benchmarks/search_methods.py --home ~/vaesearch-methods [--out docs/search-methods] [--seeds 0 1 2 3 4]
@@ -89,21 +89,23 @@ def run(base: Path, method: str, seed: int, home: Path, out: Path, port: int, lo
     config = config_for(base, method, seed, home / "configs")
     resume = ["--resume"] if (home / "ray" / name / "vaesearch.json").exists() else []
     started = time.time()
-    if vaesearch(home, "search", "--config", str(config), "--server-port", str(port), *resume) != 0:
-        print(f"{name}: the search did not finish; run this again to resume it", file=sys.stderr)
-        return False
+    ended = vaesearch(home, "search", "--config", str(config), "--server-port", str(port), *resume) == 0
     wall = time.time() - started
     report = home / "reports" / name
     if vaesearch(home, "report", "--experiment", name, "--out", str(report)) != 0:
         return False
-    shutil.copy(report / "trials.csv", target)
     model, isa = cpu()
     new = not log.exists()
-    with log.open("a", newline="") as f:
+    with log.open("a", newline="") as f:  # a line per session a search ran in: it may span machines
         writer = csv.writer(f)
         if new:
-            writer.writerow(["search", "cpu", "isa", "cores", "precision", "wall_s_this_session", "date"])
-        writer.writerow([name, model, isa, os.cpu_count(), precisions(target), round(wall), time.strftime("%Y-%m-%d")])
+            writer.writerow(["search", "cpu", "isa", "cores", "precision", "wall_s_this_session", "date", "status"])
+        row = [name, model, isa, os.cpu_count(), precisions(report / "trials.csv"), round(wall)]
+        writer.writerow([*row, time.strftime("%Y-%m-%d"), "ended" if ended else "unfinished"])
+    if not ended:
+        print(f"{name}: the search did not finish; run this again to resume it", file=sys.stderr)
+        return False
+    shutil.copy(report / "trials.csv", target)
     print(f"{name}: wrote {target}", flush=True)
     return True
 

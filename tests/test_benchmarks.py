@@ -113,3 +113,49 @@ def test_search_methods_sets_a_method_or_only_name_and_seed(tmp_path) -> None:
             expected[key] = {**expected[key], **value} if isinstance(value, dict) else value
         assert written == expected, method
         load(tmp_path / f"{method}-s3.yaml")  # a valid search config
+
+
+def test_carry_keeps_what_a_resume_reads_and_lays_it_out_where_it_was(tmp_path) -> None:
+    """Newest checkpoint of a running trial, best weights of running and leading trials; other weights stay behind."""
+    import sqlite3
+
+    spec = importlib.util.spec_from_file_location("carry", REPO / "benchmarks" / "carry.py")
+    carry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(carry)
+    home = tmp_path / "home"
+    trials = {
+        "aaaa0001": {"loss": 100.0, "end_state": "terminated"},  # ended, leading
+        "aaaa0002": {"loss": 120.0, "end_state": "terminated"},  # ended, behind
+        "aaaa0003": {"loss": 110.0},  # running when the search stopped
+    }
+    search = home / "ray" / "s"
+    search.mkdir(parents=True)
+    (search / "vaesearch.json").write_text(json.dumps({"trials": trials}))
+    (home / "mlflow").mkdir()
+    with sqlite3.connect(home / "mlflow" / "mlflow.db") as db:  # the one table of MLflow's that the carry reads
+        db.execute("CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT)")
+        for n, tid in enumerate(trials):
+            db.execute("INSERT INTO tags VALUES (?, ?, ?)", ("ray_trial_id", tid, f"run{n}"))
+            best = home / "mlflow" / "artifacts" / "1" / f"run{n}" / "artifacts" / "checkpoint" / "best.pt"
+            best.parent.mkdir(parents=True)
+            best.write_bytes(b"w")
+            for point in ("checkpoint_000001", "checkpoint_000002"):
+                (search / f"train_trial_{tid}_{n}_x" / point).mkdir(parents=True)
+                (search / f"train_trial_{tid}_{n}_x" / point / "state.pt").write_bytes(b"s")
+            (search / f"train_trial_{tid}_{n}_x" / "result.json").write_text("{}")
+    (home / "mlflow" / "server.json").write_text("{}")
+    tar = tmp_path / "carry.tar.xz"
+    carry.pack(home, tar)
+    before = {p.relative_to(home) for p in home.rglob("*")}
+    home.rename(tmp_path / "moved")
+    carry.unpack(tar)
+    after = {p.relative_to(home) for p in home.rglob("*")}
+    files = {str(p) for p in after if (home / p).is_file()}
+    assert {p for p in before - after if (tmp_path / "moved" / p).is_dir()} == set()  # every folder travels
+    assert {f for f in files if f.endswith("state.pt")} == {"ray/s/train_trial_aaaa0003_2_x/checkpoint_000002/state.pt"}
+    assert {f for f in files if f.endswith("best.pt")} == {
+        "mlflow/artifacts/1/run0/artifacts/checkpoint/best.pt",
+        "mlflow/artifacts/1/run2/artifacts/checkpoint/best.pt",
+    }
+    assert "mlflow/server.json" not in files and "ray/s/train_trial_aaaa0002_1_x/result.json" in files
+    assert "ray/s/vaesearch.json" in files and "mlflow/mlflow.db" in files
