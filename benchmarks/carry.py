@@ -8,12 +8,12 @@ of MB, almost all of it weights that a resume never reads, so `pack` keeps:
 
 - everything but weights: the record, the study, MLflow's database and sample grids, Ray's
   trial table and each trial's results;
-- each trial's files of its newest checkpoint, if the record has not ended it: what Ray
-  resumes it from (older checkpoints and those of ended trials stay as empty folders, so
-  Ray's `num_to_keep` can still delete them);
-- the best weights (MLflow's `checkpoint/best.pt`) of every trial not ended and of the
-  leading trial: what a resumed trial overwrites, and what the verdict evaluates. Other
-  ended trials' best weights are left out: their runs keep metrics and grids, not weights.
+- the files of the newest checkpoint of each trial that Ray resumes (all but those its saved
+  state has terminated): older checkpoints and those of terminated trials stay as empty
+  folders, so that Ray's `num_to_keep` can still delete them;
+- the best weights (MLflow's `checkpoint/best.pt`) of those trials and of each search's
+  leading trial: what a resumed trial goes on from, and what the verdict evaluates. Other
+  trials' best weights are left out: their runs keep metrics and grids, not weights.
 
 Ray's state and MLflow's database name the home by its absolute path, so `unpack` lays it
 out where it was packed. Stop the search (Ctrl-C) before packing; `pack` stops the home's
@@ -44,21 +44,21 @@ MANIFEST = "carry.json"  # in the tar: the home's absolute path and what was lef
 TRIAL_DIR = re.compile(r"train_trial_([0-9a-f]+)_")
 
 
-def records(home: Path) -> dict[str, dict]:
-    """Every search's trials in `home` by Ray's trial id, from each record (`vaesearch.json`)."""
-    trials: dict[str, dict] = {}
-    for path in sorted((home / "ray").glob("*/vaesearch.json")):
-        trials.update(json.loads(path.read_text())["trials"])
-    return trials
+def resumed(search: Path) -> set[str]:
+    """The trials Ray resumes from their newest checkpoint: all but those its saved state has TERMINATED
+    (the search resumes errored trials too, which then report their end from that checkpoint)."""
+    states = sorted(search.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    trials = [json.loads(data) for data, _ in json.loads(states[-1].read_text())["trial_data"]]
+    return {t["trial_id"] for t in trials if t["status"] != "TERMINATED"}
 
 
-def weights_kept(home: Path, trials: dict[str, dict]) -> set[str]:
-    """The trials whose best weights travel: those not ended, and the one with the lowest loss."""
-    kept = {tid for tid, t in trials.items() if "end_state" not in t}
+def leader(search: Path) -> str | None:
+    """The trial with the lowest best loss in the search's record (`vaesearch.json`)."""
+    trials = json.loads((search / "vaesearch.json").read_text())["trials"]
     scored = {tid: t["loss"] for tid, t in trials.items() if t.get("loss") is not None}
-    if scored:
-        kept.add(min(scored, key=lambda tid: scored[tid]))
-    return kept
+    return min(scored, key=lambda tid: scored[tid]) if scored else None
 
 
 def run_trials(home: Path) -> dict[str, str]:
@@ -69,15 +69,18 @@ def run_trials(home: Path) -> dict[str, str]:
 
 def left_out(home: Path) -> list[Path]:
     """The weight files a resume does not read (see the module's docstring)."""
-    trials = records(home)
     out: list[Path] = []
-    for trial_dir in (home / "ray").glob("*/train_trial_*"):
-        match = TRIAL_DIR.match(trial_dir.name)
-        points = sorted(trial_dir.glob("checkpoint_*"))
-        ended = match is None or "end_state" in trials.get(match.group(1), {"end_state": "unknown"})
-        for point in points if ended else points[:-1]:
-            out.extend(p for p in point.rglob("*") if p.is_file())
-    kept = weights_kept(home, trials)
+    kept: set[str] = set()
+    for search in (home / "ray").glob("*/vaesearch.json"):
+        resuming = resumed(search.parent)
+        best = leader(search.parent)
+        kept |= resuming | ({best} if best else set())
+        for trial_dir in search.parent.glob("train_trial_*"):
+            match = TRIAL_DIR.match(trial_dir.name)
+            points = sorted(trial_dir.glob("checkpoint_*"))
+            keep_newest = match is not None and match.group(1) in resuming
+            for point in points[:-1] if keep_newest else points:
+                out.extend(p for p in point.rglob("*") if p.is_file())
     for run, trial in run_trials(home).items():
         if trial not in kept:
             out.extend((home / "mlflow" / "artifacts").glob(f"*/{run}/artifacts/checkpoint/best.pt"))

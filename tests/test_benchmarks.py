@@ -116,7 +116,7 @@ def test_search_methods_sets_a_method_or_only_name_and_seed(tmp_path) -> None:
 
 
 def test_carry_keeps_what_a_resume_reads_and_lays_it_out_where_it_was(tmp_path) -> None:
-    """Newest checkpoint of a running trial, best weights of running and leading trials; other weights stay behind."""
+    """Newest checkpoint of a trial Ray resumes, best weights of it and the leader; other weights stay behind."""
     import sqlite3
 
     spec = importlib.util.spec_from_file_location("carry", REPO / "benchmarks" / "carry.py")
@@ -131,6 +131,10 @@ def test_carry_keeps_what_a_resume_reads_and_lays_it_out_where_it_was(tmp_path) 
     search = home / "ray" / "s"
     search.mkdir(parents=True)
     (search / "vaesearch.json").write_text(json.dumps({"trials": trials}))
+    ray = [
+        [json.dumps({"trial_id": t, "status": "RUNNING" if t == "aaaa0003" else "TERMINATED"}), "{}"] for t in trials
+    ]
+    (search / "experiment_state-2026-12-03_11-42-12.json").write_text(json.dumps({"trial_data": ray}))
     (home / "mlflow").mkdir()
     with sqlite3.connect(home / "mlflow" / "mlflow.db") as db:  # the one table of MLflow's that the carry reads
         db.execute("CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT)")
