@@ -69,9 +69,18 @@ def config_for(base: Path, method: str, seed: int, folder: Path) -> Path:
 
 
 def vaesearch(home: Path, *args: str) -> int:
-    """The installed command, beside this Python, with the runs' own home (server, Ray state)."""
+    """The installed command, beside this Python, with the runs' own home (server, Ray state).
+
+    Ctrl-C reaches the command too (one process group); this waits for it to stop as it does alone
+    (`subprocess.call` would kill it at once), so an interrupted search is logged and resumable.
+    """
     env = {**os.environ, "VAESEARCH_HOME": str(home)}
-    return subprocess.call([str(Path(sys.executable).parent / "vaesearch"), *args], env=env, cwd=ROOT)
+    with subprocess.Popen([str(Path(sys.executable).parent / "vaesearch"), *args], env=env, cwd=ROOT) as proc:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                continue
 
 
 def precisions(trials_csv: Path) -> str:
