@@ -15,7 +15,7 @@ A search whose CSV exists is skipped; one with a record is resumed (`--resume`).
 `--config FILE --as-configured NAME` runs FILE's own sampler and scheduler instead of the methods, as
 NAME-sSEED for each seed (only the name and `sampler.seed` set): the 300-epoch challenge's searches,
 
-    python benchmarks/search_methods.py --home ~/vaesearch-challenge --config configs/challenge-300.yaml \
+    python benchmarks/search_methods.py --home /work/challenge-home --config configs/challenge-300.yaml \
         --as-configured challenge-300 --out docs/reproduction --seeds 1 2
 """
 
@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,16 +72,18 @@ def config_for(base: Path, method: str, seed: int, folder: Path) -> Path:
 def vaesearch(home: Path, *args: str) -> int:
     """The installed command, beside this Python, with the runs' own home (server, Ray state).
 
-    Ctrl-C reaches the command too (one process group); this waits for it to stop as it does alone
-    (`subprocess.call` would kill it at once), so an interrupted search is logged and resumable.
+    It runs in a process group of its own and a Ctrl-C here is passed on to it, each time, so it
+    stops as it does alone (`subprocess.call` would kill it at once): an interrupted search is
+    logged and resumable. Its exit status says whether it was interrupted (130).
     """
     env = {**os.environ, "VAESEARCH_HOME": str(home)}
-    with subprocess.Popen([str(Path(sys.executable).parent / "vaesearch"), *args], env=env, cwd=ROOT) as proc:
+    command = [str(Path(sys.executable).parent / "vaesearch"), *args]
+    with subprocess.Popen(command, env=env, cwd=ROOT, process_group=0) as proc:
         while True:
             try:
                 return proc.wait()
             except KeyboardInterrupt:
-                continue
+                proc.send_signal(signal.SIGINT)
 
 
 def precisions(trials_csv: Path) -> str:
@@ -98,21 +101,22 @@ def run(base: Path, method: str, seed: int, home: Path, out: Path, port: int, lo
     config = config_for(base, method, seed, home / "configs")
     resume = ["--resume"] if (home / "ray" / name / "vaesearch.json").exists() else []
     started = time.time()
-    ended = vaesearch(home, "search", "--config", str(config), "--server-port", str(port), *resume) == 0
+    status = vaesearch(home, "search", "--config", str(config), "--server-port", str(port), *resume)
     wall = time.time() - started
     report = home / "reports" / name
-    if vaesearch(home, "report", "--experiment", name, "--out", str(report)) != 0:
-        return False
+    reported = vaesearch(home, "report", "--experiment", name, "--out", str(report)) == 0
     model, isa = cpu()
     new = not log.exists()
     with log.open("a", newline="") as f:  # a line per session a search ran in: it may span machines
         writer = csv.writer(f)
         if new:
             writer.writerow(["search", "cpu", "isa", "cores", "precision", "wall_s_this_session", "date", "status"])
-        row = [name, model, isa, os.cpu_count(), precisions(report / "trials.csv"), round(wall)]
-        writer.writerow([*row, time.strftime("%Y-%m-%d"), "ended" if ended else "unfinished"])
-    if not ended:
-        print(f"{name}: the search did not finish; run this again to resume it", file=sys.stderr)
+        precision = precisions(report / "trials.csv") if reported else ""
+        ending = {0: "ended", 130: "interrupted"}.get(status, f"failed (exit {status})")
+        writer.writerow([name, model, isa, os.cpu_count(), precision, round(wall), time.strftime("%Y-%m-%d"), ending])
+    if status == 130:
+        print(f"{name}: interrupted; run this again to resume it", file=sys.stderr)
+    if status != 0 or not reported:
         return False
     shutil.copy(report / "trials.csv", target)
     print(f"{name}: wrote {target}", flush=True)

@@ -116,23 +116,28 @@ def test_search_methods_sets_a_method_or_only_name_and_seed(tmp_path) -> None:
 
 
 def test_carry_keeps_what_a_resume_reads_and_lays_it_out_where_it_was(tmp_path) -> None:
-    """Newest checkpoint of a trial Ray resumes, best weights of it and the leader; other weights stay behind."""
+    """Ray's named checkpoint of each trial it resumes; best weights of those and of each latent size's best."""
     import sqlite3
 
     spec = importlib.util.spec_from_file_location("carry", REPO / "benchmarks" / "carry.py")
     carry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(carry)
     home = tmp_path / "home"
-    trials = {
-        "aaaa0001": {"loss": 100.0, "end_state": "terminated"},  # ended, leading
-        "aaaa0002": {"loss": 120.0, "end_state": "terminated"},  # ended, behind
-        "aaaa0003": {"loss": 110.0},  # running when the search stopped
+    trials = {  # Ray's status, the checkpoint its saved state names; the record's trial
+        "aaaa0001": ("TERMINATED", None, {"loss": 100.0, "end_state": "failed", "config": {"latent": 5}}),
+        "aaaa0002": ("TERMINATED", None, {"loss": 105.0, "end_state": "pruned", "config": {"latent": 5}}),
+        "aaaa0003": ("TERMINATED", None, {"loss": 110.0, "end_state": "pruned", "config": {"latent": 5}}),
+        "aaaa0004": ("TERMINATED", None, {"loss": 120.0, "end_state": "pruned", "config": {"latent": 2}}),
+        "aaaa0005": ("RUNNING", "checkpoint_000001", {"loss": 90.0, "config": {"latent": 2}}),  # wrote one more
+        "aaaa0006": ("ERROR", None, {"loss": 130.0, "config": {"latent": 2}}),  # names none: all kept
     }
     search = home / "ray" / "s"
     search.mkdir(parents=True)
-    (search / "vaesearch.json").write_text(json.dumps({"trials": trials}))
+    record = {"ending": "interrupted", "trials": {t: r for t, (_, _, r) in trials.items()}}
+    (search / "vaesearch.json").write_text(json.dumps(record))
     ray = [
-        [json.dumps({"trial_id": t, "status": "RUNNING" if t == "aaaa0003" else "TERMINATED"}), "{}"] for t in trials
+        [json.dumps({"trial_id": t, "status": s}), json.dumps({"last_result": {"checkpoint_dir_name": c}})]
+        for t, (s, c, _) in trials.items()
     ]
     (search / "experiment_state-2026-12-03_11-42-12.json").write_text(json.dumps({"trial_data": ray}))
     (home / "mlflow").mkdir()
@@ -145,8 +150,9 @@ def test_carry_keeps_what_a_resume_reads_and_lays_it_out_where_it_was(tmp_path) 
             best.write_bytes(b"w")
             for point in ("checkpoint_000001", "checkpoint_000002"):
                 (search / f"train_trial_{tid}_{n}_x" / point).mkdir(parents=True)
-                (search / f"train_trial_{tid}_{n}_x" / point / "state.pt").write_bytes(b"s")
+                (search / f"train_trial_{tid}_{n}_x" / point / "last.pt").write_bytes(b"s")
             (search / f"train_trial_{tid}_{n}_x" / "result.json").write_text("{}")
+    db.close()
     (home / "mlflow" / "server.json").write_text("{}")
     tar = tmp_path / "carry.tar.xz"
     carry.pack(home, tar)
@@ -156,10 +162,17 @@ def test_carry_keeps_what_a_resume_reads_and_lays_it_out_where_it_was(tmp_path) 
     after = {p.relative_to(home) for p in home.rglob("*")}
     files = {str(p) for p in after if (home / p).is_file()}
     assert {p for p in before - after if (tmp_path / "moved" / p).is_dir()} == set()  # every folder travels
-    assert {f for f in files if f.endswith("state.pt")} == {"ray/s/train_trial_aaaa0003_2_x/checkpoint_000002/state.pt"}
-    assert {f for f in files if f.endswith("best.pt")} == {
-        "mlflow/artifacts/1/run0/artifacts/checkpoint/best.pt",
-        "mlflow/artifacts/1/run2/artifacts/checkpoint/best.pt",
+    assert {f for f in files if f.endswith("last.pt")} == {
+        "ray/s/train_trial_aaaa0005_4_x/checkpoint_000001/last.pt",
+        "ray/s/train_trial_aaaa0006_5_x/checkpoint_000001/last.pt",
+        "ray/s/train_trial_aaaa0006_5_x/checkpoint_000002/last.pt",
     }
+    runs = {f.split("/")[3] for f in files if f.endswith("best.pt")}
+    assert runs == {"run1", "run3", "run4", "run5"}  # Z=5's best rankable; Z=2's among the ended; the resumed
     assert "mlflow/server.json" not in files and "ray/s/train_trial_aaaa0002_1_x/result.json" in files
     assert "ray/s/vaesearch.json" in files and "mlflow/mlflow.db" in files
+    with pytest.raises(SystemExit, match="not an empty folder"):  # never over a home that is there
+        carry.unpack(tar)
+    (search / "vaesearch.json").write_text(json.dumps({**record, "ending": None}))
+    with pytest.raises(SystemExit, match="stop it first"):  # nor a search still running
+        carry.pack(home, tmp_path / "again.tar.xz")
