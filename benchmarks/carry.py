@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
 from mlflow_server.server import stop  # noqa: E402
-from vae.records import TRIAL_ID, EndState  # noqa: E402
+from vae.records import LATENT, TRIAL_ID, EndState  # noqa: E402
 
 MANIFEST = "carry.json"  # in the tar: the home's absolute path and what was left out
 TRIAL_DIR = re.compile(r"train_trial_([0-9a-f]+)_")
@@ -75,7 +75,7 @@ def best_per_latent(search: Path, skip: set[str]) -> set[str]:
         rankable = isinstance(loss, (int, float)) and math.isfinite(loss)
         if tid in skip or not rankable or t.get("end_state") == EndState.FAILED or t.get("replay"):
             continue
-        latent = t.get("config", {}).get("latent")
+        latent = t.get("config", {}).get(LATENT)
         if latent not in best or loss < best[latent][0]:
             best[latent] = (loss, tid)
     return {tid for _, tid in best.values()}
