@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import re
 import sqlite3
 import sys
@@ -45,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
 from mlflow_server.server import stop  # noqa: E402
-from vae.records import LATENT, TRIAL_ID, EndState  # noqa: E402
+from vae.records import DUPLICATE_OF, END_STATE, LATENT, TRIAL_ID, rankable  # noqa: E402
 
 MANIFEST = "carry.json"  # in the tar: the home's absolute path and what was left out
 TRIAL_DIR = re.compile(r"train_trial_([0-9a-f]+)_")
@@ -72,8 +71,8 @@ def best_per_latent(search: Path, skip: set[str]) -> set[str]:
     best: dict[object, tuple[float, str]] = {}
     for tid, t in trials.items():
         loss = t.get("loss")
-        rankable = isinstance(loss, (int, float)) and math.isfinite(loss)
-        if tid in skip or not rankable or t.get("end_state") == EndState.FAILED or t.get("replay"):
+        tags = {END_STATE: t.get(END_STATE, ""), DUPLICATE_OF: "replay" if t.get("replay") else ""}  # as its run's
+        if tid in skip or not rankable(tags, loss):
             continue
         latent = t.get("config", {}).get(LATENT)
         if latent not in best or loss < best[latent][0]:
