@@ -45,7 +45,7 @@ class ServerInfo:
     backend_store_uri: str
     artifacts_destination: str
     auth: bool = False
-    started: float | None = None  # the process's start time (psutil): a PID reused by another process differs
+    started: float | None = None  # the process's start time (psutil), for people; `_holder` does not trust it
 
 
 def is_loopback(host: str) -> bool:
@@ -119,8 +119,10 @@ def _holder(info: ServerInfo) -> str | None:
         return None
     except psutil.Error as e:  # another user's process: not ours to signal
         return f"a process vaesearch cannot inspect ({type(e).__name__})"
-    same_start = info.started is None or abs(started - info.started) < 0.5  # a pid file of an older vaesearch
-    ours = same_start and "mlflow" in command and "server" in command and str(info.port) in command
+    # Identity by the command `_launch` gave, not by start time: psutil adds the boot time to a process's start,
+    # and Linux's boot time (/proc/stat btime, whole seconds) moves whenever the clock is slewed or stepped, so
+    # a start time read again may differ by a second or more (a CI run's teardown once refused its own server).
+    ours = all(part in command for part in ("mlflow", "server", str(info.port), info.backend_store_uri))
     return "" if ours else f"{shlex.join(command)[:200] or proc.name()} (started {time.ctime(started)})"
 
 

@@ -7,9 +7,11 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -72,6 +74,35 @@ def test_stop_never_signals_a_process_that_now_holds_the_recorded_pid(tmp_path: 
     finally:
         other.kill()
         other.wait()
+
+
+def test_stop_knows_its_server_by_command_not_by_a_start_time_the_clock_moved(tmp_path: Path) -> None:
+    """Linux's boot time moves in whole seconds as the clock is adjusted, and a start time read again with it:
+    a server whose start reads a second off is still stopped; an MLflow server of another store never is."""
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    store, port = f"sqlite:///{folder / 'mlflow.db'}", "5998"
+    # a sleeping Python whose command line is the one `_launch` gives (argv after -c is the script's own)
+    fake = [sys.executable, "-c", "import time; time.sleep(60)", "mlflow", "server", "--backend-store-uri"]
+    ours = subprocess.Popen([*fake, store, "--port", port], start_new_session=True)
+    other = subprocess.Popen([*fake, "sqlite:///elsewhere.db", "--port", port], start_new_session=True)
+    try:
+        for proc, started_off_by in ((other, 0.0), (ours, 1.0)):
+            started = psutil.Process(proc.pid).create_time() + started_off_by
+            record = server.ServerInfo(proc.pid, f"http://127.0.0.1:{port}", "127.0.0.1", int(port), store, "x",
+                                       started=started)  # fmt: skip
+            (folder / server.PID_FILE).write_text(json.dumps(dataclasses.asdict(record)))
+            if proc is other:
+                with pytest.raises(server.ServerError, match="nothing was signalled"):
+                    server.stop(folder)
+                assert other.poll() is None
+            else:
+                assert server.stop(folder) == record
+                assert not psutil.pid_exists(ours.pid) and not (folder / server.PID_FILE).exists()  # stop reaped it
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
 
 
 def test_port_checks_and_urls_speak_ipv6() -> None:
