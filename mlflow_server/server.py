@@ -45,7 +45,9 @@ class ServerInfo:
     backend_store_uri: str
     artifacts_destination: str
     auth: bool = False
-    started: float | None = None  # the process's start time (psutil), for people; `_holder` does not trust it
+    # the process's start time (psutil): no longer an identity (`_holder` says why); kept so that pid files of
+    # either version load, since one that failed to load would read as no server while it runs on
+    started: float | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -120,8 +122,9 @@ def _holder(info: ServerInfo) -> str | None:
     except psutil.Error as e:  # another user's process: not ours to signal
         return f"a process vaesearch cannot inspect ({type(e).__name__})"
     # Identity by the command `_launch` gave, not by start time: psutil adds the boot time to a process's start,
-    # and Linux's boot time (/proc/stat btime, whole seconds) moves whenever the clock is slewed or stepped, so
-    # a start time read again may differ by a second or more (a CI run's teardown once refused its own server).
+    # and Linux's boot time (/proc/stat btime, whole seconds, read again each time) moves when the clock is
+    # stepped (NTP on a freshly booted VM), so a start time read again may be a second or more off: probably
+    # why a CI run's teardown once refused its own server. Another server on this port and store is ours too.
     ours = all(part in command for part in ("mlflow", "server", str(info.port), info.backend_store_uri))
     return "" if ours else f"{shlex.join(command)[:200] or proc.name()} (started {time.ctime(started)})"
 

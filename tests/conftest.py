@@ -193,9 +193,16 @@ def mlflow_folder(tmp_path_factory: pytest.TempPathFactory):
     from mlflow_server import server
 
     folder = tmp_path_factory.mktemp("mlflow")
-    server.start(folder, port=server.free_port())
+    info = server.start(folder, port=server.free_port())
     yield folder
-    server.stop(folder)
+    try:
+        server.stop(folder)
+    except server.ServerError as e:  # say what `stop` saw, and stop the suite's own server all the same
+        import psutil
+
+        if info.pid in _marked_processes():
+            os.killpg(info.pid, signal.SIGKILL)
+        pytest.fail(f"{e} (recorded start {info.started}, boot time now {psutil.boot_time()})")
 
 
 @pytest.fixture(scope="session")

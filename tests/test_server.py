@@ -77,8 +77,8 @@ def test_stop_never_signals_a_process_that_now_holds_the_recorded_pid(tmp_path: 
 
 
 def test_stop_knows_its_server_by_command_not_by_a_start_time_the_clock_moved(tmp_path: Path) -> None:
-    """Linux's boot time moves in whole seconds as the clock is adjusted, and a start time read again with it:
-    a server whose start reads a second off is still stopped; an MLflow server of another store never is."""
+    """Linux's boot time moves in whole seconds when the clock is stepped, and a start time read again with it:
+    a server whose start reads a second off is still stopped; an MLflow server of another store or port never is."""
     folder = tmp_path / "srv"
     folder.mkdir()
     store, port = f"sqlite:///{folder / 'mlflow.db'}", "5998"
@@ -86,21 +86,22 @@ def test_stop_knows_its_server_by_command_not_by_a_start_time_the_clock_moved(tm
     fake = [sys.executable, "-c", "import time; time.sleep(60)", "mlflow", "server", "--backend-store-uri"]
     ours = subprocess.Popen([*fake, store, "--port", port], start_new_session=True)
     other = subprocess.Popen([*fake, "sqlite:///elsewhere.db", "--port", port], start_new_session=True)
+    third = subprocess.Popen([*fake, store, "--port", "5997"], start_new_session=True)
     try:
-        for proc, started_off_by in ((other, 0.0), (ours, 1.0)):
+        for proc, started_off_by in ((other, 0.0), (third, 0.0), (ours, 1.0)):
             started = psutil.Process(proc.pid).create_time() + started_off_by
             record = server.ServerInfo(proc.pid, f"http://127.0.0.1:{port}", "127.0.0.1", int(port), store, "x",
                                        started=started)  # fmt: skip
             (folder / server.PID_FILE).write_text(json.dumps(dataclasses.asdict(record)))
-            if proc is other:
+            if proc is not ours:
                 with pytest.raises(server.ServerError, match="nothing was signalled"):
                     server.stop(folder)
-                assert other.poll() is None
+                assert proc.poll() is None
             else:
                 assert server.stop(folder) == record
                 assert not psutil.pid_exists(ours.pid) and not (folder / server.PID_FILE).exists()  # stop reaped it
     finally:
-        for proc in (ours, other):
+        for proc in (ours, other, third):
             proc.kill()
             proc.wait()
 
